@@ -1,0 +1,58 @@
+"""The emulator's token counts: a documented, deterministic function of the content.
+
+There is no local Claude tokenizer (facts section 12 item 12), so the emulator counts
+synthetic tokens, chosen so tests can compute exact numbers by hand:
+
+* an input block (one tool, one system block, one message content block) counts
+  ``ceil(len(canonical) / 4)`` tokens, where ``canonical`` is the block's canonical form from
+  :mod:`pytest_tokenbudget.prefix` (compact JSON in sent key order, without ``cache_control``;
+  the first block of each message is preceded by its role and a NUL), measured in characters;
+* each image or document inside a block adds 1,000 tokens;
+* an output block counts ``ceil(len(text) / 4)`` for text and thinking, and
+  ``ceil(len(name + compact JSON of input) / 4)`` for ``tool_use``; at least 1 per block.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..prefix import Block, PromptLayout
+
+IMAGE_TOKENS = 1000
+
+
+def block_tokens(block: Block) -> int:
+    """Synthetic input tokens of one prefix block."""
+    return math.ceil(len(block.canonical.decode("utf-8")) / 4) + IMAGE_TOKENS * block.images
+
+
+def cumulative_tokens(layout: PromptLayout) -> list[int]:
+    """Running totals of :func:`block_tokens` over the layout's blocks."""
+    total = 0
+    out = []
+    for block in layout.blocks:
+        total += block_tokens(block)
+        out.append(total)
+    return out
+
+
+def output_tokens(content: Iterable[Mapping[str, Any]]) -> int:
+    """Synthetic output tokens of a reply's content blocks."""
+    total = 0
+    for block in content:
+        kind = block.get("type")
+        if kind == "text":
+            text = str(block.get("text", ""))
+        elif kind == "thinking":
+            text = str(block.get("thinking", ""))
+        elif kind in ("tool_use", "server_tool_use"):
+            text = str(block.get("name", "")) + json.dumps(
+                block.get("input", {}), separators=(",", ":"), ensure_ascii=False
+            )
+        else:
+            text = json.dumps(block, separators=(",", ":"), ensure_ascii=False)
+        total += max(1, math.ceil(len(text) / 4))
+    return total

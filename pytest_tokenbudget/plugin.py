@@ -1,0 +1,209 @@
+"""pytest hooks, options and fixtures. Thin: each hook reads config and calls one core function."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ._run import RunState, Settings, TestResult, cassette_path, open_recorder, placeholder_key, replays_only
+from .errors import ReplayInterrupt, TokenBudgetError
+from .ledger import Ledger, LiveLedger
+from .record import RecordMode, Recorder
+
+if TYPE_CHECKING:
+    from .emulator import AnthropicEmulator
+
+_STATE = pytest.StashKey[RunState]()
+_RECORDER = pytest.StashKey[Recorder]()
+_CALL_PASSED = pytest.StashKey[bool]()
+
+_MODES = [mode.value for mode in RecordMode]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Options: one ``tokenbudget`` group, each flag with an ini twin."""
+    group = parser.getgroup("tokenbudget", "token budgets for Claude agents (pytest-tokenbudget)")
+    group.addoption("--token-budget", action="store_true", default=False, dest="token_budget",
+                    help="report tokens and cost per test at the end of the session.")
+    group.addoption("--token-budget-record", action="store", default=None, dest="token_budget_record",
+                    choices=_MODES, metavar="MODE",
+                    help="record mode: none (replay only, default), once, new_episodes, all.")
+    group.addoption("--token-budget-cassette-dir", action="store", default=None, dest="token_budget_cassette_dir",
+                    metavar="DIR", help="where cassettes live (default: cassettes/ under the rootdir).")
+    parser.addini("token_budget_record_mode", "record mode when --token-budget-record is not given", default="none")
+    parser.addini("token_budget_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
+    parser.addini("token_budget_allow_unused", "do not fail tests that leave recordings unplayed",
+                  type="bool", default=False)
+
+
+def _record_mode(config: pytest.Config) -> RecordMode:
+    # Precedence: --token-budget-record, then pytest-recording's --record-mode when it was given
+    # on the command line (we do not redefine it), then the ini key, then "none".
+    value = config.getoption("token_budget_record")
+    if value is None and _explicit_record_mode(config):
+        value = config.getoption("record_mode", None)
+        value = "all" if value == "rewrite" else value
+    if value is None:
+        value = str(config.getini("token_budget_record_mode")).strip() or "none"
+    try:
+        return RecordMode(value)
+    except ValueError:
+        raise pytest.UsageError(
+            f"tokenbudget: token_budget_record_mode = {value!r} is not a record mode; use one of {', '.join(_MODES)}"
+        ) from None
+
+
+def _explicit_record_mode(config: pytest.Config) -> bool:
+    return any(arg == "--record-mode" or arg.startswith("--record-mode=") for arg in config.invocation_params.args)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker and resolve settings (a bad value is a usage error, not a traceback)."""
+    config.addinivalue_line(
+        "markers",
+        "token_budget(record=True, cassette=None): token budget options for this test; "
+        "record=False leaves its traffic alone.",
+    )
+    rootdir = Path(config.rootpath)
+    directory = config.getoption("token_budget_cassette_dir") or str(config.getini("token_budget_cassette_dir"))
+    settings = Settings(
+        record_mode=_record_mode(config),
+        cassette_dir=(rootdir / directory).resolve(),
+        allow_unused=bool(config.getini("token_budget_allow_unused")),
+        report=bool(config.getoption("token_budget")),
+        rootdir=rootdir,
+    )
+    config.stash[_STATE] = RunState(settings)
+
+
+def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
+    marker = item.get_closest_marker("token_budget")
+    return dict(marker.kwargs) if marker is not None else {}
+
+
+def _uses_pytest_recording(item: pytest.Item) -> bool:
+    return item.get_closest_marker("vcr") is not None and item.config.pluginmanager.hasplugin("recording")
+
+
+@pytest.fixture(autouse=True)
+def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder | None]:
+    """Record or replay this test's Anthropic traffic (autouse)."""
+    item = request.node
+    state = item.config.stash[_STATE]
+    options = _marker_kwargs(item)
+    if options.get("record") is False or _uses_pytest_recording(item):
+        yield None
+        return
+    class_name = item.cls.__name__ if getattr(item, "cls", None) is not None else None
+    path = Path(options["cassette"]) if options.get("cassette") else cassette_path(
+        state.settings, Path(item.path), item.name, class_name)
+    if not path.is_absolute():
+        path = state.settings.cassette_dir / path
+    try:
+        recorder = open_recorder(state.settings, item.nodeid, path)
+    except TokenBudgetError as error:
+        error.test = item.nodeid
+        pytest.fail(error.render(), pytrace=False)
+    item.stash[_RECORDER] = recorder
+    with placeholder_key(replays_only(recorder)), recorder.patched():
+        yield recorder
+    if item.stash.get(_CALL_PASSED, False):
+        try:
+            recorder.save()
+        except TokenBudgetError as error:
+            pytest.fail(error.render(), pytrace=False)
+    try:
+        ledger = recorder.ledger()
+    except TokenBudgetError:
+        ledger = Ledger()
+    state.results[item.nodeid] = TestResult(item.nodeid, path, ledger, bool(recorder.recorded))
+
+
+@pytest.fixture
+def token_ledger(request: pytest.FixtureRequest, _tokenbudget_recorder: Recorder | None) -> Ledger:
+    """The ledger of this test's API turns, live: it includes every call made so far."""
+    if _tokenbudget_recorder is not None:
+        return LiveLedger(_tokenbudget_recorder.ledger)
+    if _uses_pytest_recording(request.node):
+        vcr_cassette = request.getfixturevalue("vcr")
+        return LiveLedger(lambda: _ledger_of_vcr_cassette(vcr_cassette))
+    return Ledger()
+
+
+def _ledger_of_vcr_cassette(vcr_cassette: Any) -> Ledger:
+    from .cassette import _from_vcr_dict
+    from .ledger import turns_from
+
+    loaded = getattr(vcr_cassette, "_loaded_count", 0)
+    used = [
+        _from_vcr_dict(request._to_dict(), response, index)
+        for index, (request, response) in enumerate(vcr_cassette.data)
+        if vcr_cassette.play_counts[index] > 0 or index >= loaded
+    ]
+    return turns_from(used, source=str(vcr_cassette._path))
+
+
+@pytest.fixture
+def anthropic_emulator(
+    monkeypatch: pytest.MonkeyPatch, _tokenbudget_recorder: Recorder | None
+) -> Iterator[AnthropicEmulator]:
+    """A local Anthropic API for this test, on 127.0.0.1.
+
+    Sets ``ANTHROPIC_BASE_URL`` to it (and ``ANTHROPIC_API_KEY`` to a dummy when unset), so
+    ``anthropic.Anthropic()`` talks to it; requests are recorded with the emulator's clock.
+    """
+    from .emulator import AnthropicEmulator
+
+    emulator = AnthropicEmulator().start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", _existing_key() or "emulator-key")
+    if _tokenbudget_recorder is not None:
+        _tokenbudget_recorder.clock = emulator.clock.now
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def _existing_key() -> str | None:
+    import os
+
+    return os.environ.get("ANTHROPIC_API_KEY") or None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Fail a test whose replay went wrong even if its code swallowed the error."""
+    result = yield
+    recorder = item.stash.get(_RECORDER, None)
+    if recorder is None:
+        return result
+    if recorder.errors:
+        raise recorder.errors[0]
+    unused = recorder.unused if not recorder.allow_unused else []
+    if unused:
+        first = unused[0]
+        raise ReplayInterrupt(TokenBudgetError(
+            "the test left recordings unplayed",
+            file=str(recorder.cassette_path),
+            test=item.nodeid,
+            why=f"{len(unused)} recorded request(s) were not sent, from interaction {first.index} "
+                f"({first.method} {first.path}): the test now makes fewer calls than when recorded",
+            fix=f"re-record: {recorder.record_command('all')}, or set token_budget_allow_unused = true",
+        ))
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Show replay failures as their message, without a traceback; note whether the call passed."""
+    report = yield
+    if call.excinfo is not None and isinstance(call.excinfo.value, ReplayInterrupt):
+        report.longrepr = call.excinfo.value.error.render()
+        report.outcome = "failed"
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report

@@ -1,0 +1,490 @@
+"""The prompt prefix that prompt caching depends on, and where two requests first differ.
+
+A Messages request is cached as one prefix: ``tools``, then ``system``, then ``messages``, block
+by block (docs prompt-caching). :func:`layout_of` flattens a request body into that order, each
+block in a canonical form that keeps what the API keeps (text, key order inside tool schemas and
+tool inputs, images by digest) and ignores what it ignores (JSON whitespace, the
+``cache_control`` markers). A rolling SHA-256 over the canonical blocks gives each block a
+*fingerprint*: the hash of everything up to and including it, stable across processes,
+machines and Python versions.
+
+Settings that invalidate a whole cache level are folded into the chain where that level starts:
+the model before ``tools``; ``speed`` before ``system``; ``tool_choice``, thinking, effort and the
+number of images before ``messages`` (facts section 2, "Invalidation"). An explicit default
+(``tool_choice: auto``, ``thinking: disabled``) equals omitting it.
+
+UNSURE (facts section 12): what counts as one "block" for the 20-position lookback. Here a block
+is one tool, one system block or one content block of a message; a string ``system`` or string
+message ``content`` counts as one text block and is fingerprinted as if it were
+``{"type": "text", "text": ...}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Block",
+    "Breakpoint",
+    "Difference",
+    "PromptLayout",
+    "first_difference",
+    "format_path",
+    "layout_of",
+    "level_of_path",
+]
+
+Level = Literal["tools", "system", "messages"]
+Ttl = Literal["5m", "1h"]
+LEVELS: tuple[Level, ...] = ("tools", "system", "messages")
+TTL_SECONDS: dict[str, int] = {"5m": 300, "1h": 3600}
+
+_FORMAT = b"tokenbudget-prefix/1"
+# Block types the API refuses a cache_control on (facts section 2: "Not markable").
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+_EXCERPT = 32
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One cacheable position of the prefix.
+
+    Attributes:
+        index: position in the flattened prefix (tools, system, messages).
+        level: ``tools``, ``system`` or ``messages``.
+        path: JSON path of the block in the request, e.g. ``messages[3].content[1]``.
+        kind: the block's ``type`` (``tool`` for a tool definition).
+        canonical: the bytes that are hashed: compact JSON in sent key order, without
+            ``cache_control``, images replaced by their digest.
+        ttl: ``5m``/``1h`` when the block carries an explicit ``cache_control``, else ``None``.
+        markable: whether the API accepts a ``cache_control`` on this block.
+        images: images and documents inside the block.
+        chars: characters of text content (used for token estimates).
+        source: the block as sent.
+    """
+
+    index: int
+    level: Level
+    path: str
+    kind: str
+    canonical: bytes
+    ttl: Ttl | None
+    markable: bool
+    images: int
+    chars: int
+    source: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Breakpoint:
+    """A cache breakpoint: a block whose prefix may be written to (and read from) the cache.
+
+    Attributes:
+        block: index of the block the breakpoint sits on.
+        level: the block's level.
+        path: the block's JSON path.
+        ttl: ``5m`` or ``1h``.
+        automatic: placed by the top-level ``cache_control`` rather than on the block.
+        fingerprint: hash of the prefix up to and including the block.
+    """
+
+    block: int
+    level: Level
+    path: str
+    ttl: Ttl
+    automatic: bool
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLayout:
+    """A request's prefix as the cache sees it.
+
+    Attributes:
+        model: the requested model.
+        blocks: the flattened blocks.
+        chain: fingerprint after each block (``chain[i]`` covers blocks ``0..i``).
+        breakpoints: explicit and automatic breakpoints, in prefix order.
+        settings: per level, the settings folded into the chain where that level starts.
+        problems: what the API would reject (400), e.g. five breakpoints.
+    """
+
+    model: str
+    blocks: tuple[Block, ...]
+    chain: tuple[str, ...]
+    breakpoints: tuple[Breakpoint, ...]
+    settings: Mapping[str, Mapping[str, Any]]
+    problems: tuple[str, ...]
+
+    def level_start(self, level: Level) -> int:
+        """Index of the first block at or after ``level`` (``len(blocks)`` when none)."""
+        order = LEVELS.index(level)
+        for block in self.blocks:
+            if LEVELS.index(block.level) >= order:
+                return block.index
+        return len(self.blocks)
+
+
+# --------------------------------------------------------------------------------------------
+# canonical form
+
+
+def _digest_media(value: Any) -> tuple[Any, int]:
+    """Replace base64 payloads of images/documents by their digest; count them."""
+    if isinstance(value, dict):
+        count = 0
+        out: dict[str, Any] = {}
+        kind = value.get("type")
+        for key, item in value.items():
+            if key == "cache_control":
+                continue
+            if key == "source" and isinstance(item, dict) and kind in ("image", "document"):
+                count += 1
+                source = dict(item)
+                data = source.get("data")
+                if isinstance(data, str):
+                    source["data"] = "sha256:" + hashlib.sha256(data.encode("utf-8")).hexdigest()
+                out[key] = source
+                continue
+            new, inner = _digest_media(item)
+            out[key] = new
+            count += inner
+        return out, count
+    if isinstance(value, list):
+        items = []
+        count = 0
+        for item in value:
+            new, inner = _digest_media(item)
+            items.append(new)
+            count += inner
+        return items, count
+    return value, 0
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for k, v in value.items() if k not in ("type", "cache_control", "id"))
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    return len(str(value)) if value is not None else 0
+
+
+def _ttl_of(block: Any) -> Ttl | None:
+    if not isinstance(block, dict):
+        return None
+    control = block.get("cache_control")
+    if not isinstance(control, dict):
+        return None
+    return "1h" if control.get("ttl") == "1h" else "5m"
+
+
+def _normalised_settings(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    tool_choice = body.get("tool_choice")
+    if isinstance(tool_choice, dict) and tool_choice == {"type": "auto"}:
+        tool_choice = None
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "disabled":
+        thinking = None
+    output_config = body.get("output_config")
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    speed = body.get("speed")
+    if speed == "standard":
+        speed = None
+    return {
+        "tools": {"model": body.get("model")},
+        "system": {"speed": speed},
+        "messages": {"tool_choice": tool_choice, "thinking": thinking, "effort": effort},
+    }
+
+
+def _raw_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool]]:
+    """(level, path, block, role-if-first-block-of-a-message, explicit-markable) in prefix order."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            yield "tools", f"tools[{i}]", tool, None, True
+    system = body.get("system")
+    if isinstance(system, str):
+        if system:
+            yield "system", "system", {"type": "text", "text": system}, None, False
+    elif isinstance(system, list):
+        for i, block in enumerate(system):
+            yield "system", f"system[{i}]", block, None, True
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for m, message in enumerate(messages):
+            if not isinstance(message, dict):
+                yield "messages", f"messages[{m}]", message, "?", False
+                continue
+            role = str(message.get("role"))
+            content = message.get("content")
+            if isinstance(content, str):
+                yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False
+            elif isinstance(content, list):
+                for c, block in enumerate(content):
+                    yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True
+
+
+def _is_empty_text(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "text" and not block.get("text")
+
+
+def layout_of(body: Mapping[str, Any]) -> PromptLayout:
+    """Flatten a Messages (or count_tokens) request body into its cache prefix.
+
+    Args:
+        body: the parsed JSON request body.
+
+    Returns:
+        The layout: blocks, fingerprint chain, breakpoints and what the API would reject.
+    """
+    settings = _normalised_settings(body)
+    problems: list[str] = []
+    blocks: list[Block] = []
+    chain: list[str] = []
+    state = hashlib.sha256(_FORMAT)
+    current: Level | None = None
+    raw = list(_raw_blocks(body))
+    digested = [_digest_media(item[2]) for item in raw]
+    image_count_total = sum(images for _canon, images in digested)
+    settings["messages"]["images"] = image_count_total
+    for index, ((level, path, block, role, explicit), (canon, images)) in enumerate(zip(raw, digested)):
+        while current != level:
+            # Fold the settings of each level reached, including empty levels skipped over.
+            current = LEVELS[0] if current is None else LEVELS[LEVELS.index(current) + 1]
+            seed = _dumps({"level": current, **settings[current]}).encode("utf-8")
+            state.update(b"\x01" + len(seed).to_bytes(8, "big") + seed)
+        head = f"{role}\x00" if role is not None else ""
+        canonical = (head + _dumps(canon)).encode("utf-8")
+        state.update(b"\x02" + len(canonical).to_bytes(8, "big") + canonical)
+        kind = "tool" if level == "tools" else str(block.get("type") if isinstance(block, dict) else "?")
+        ttl = _ttl_of(block) if explicit else None
+        markable = kind not in _UNMARKABLE and not _is_empty_text(block)
+        if ttl is not None and not markable:
+            problems.append(f"{path}: cache_control cannot be set on a {kind or 'empty text'} block")
+        blocks.append(
+            Block(
+                index=index,
+                level=level,
+                path=path,
+                kind=kind,
+                canonical=canonical,
+                ttl=ttl,
+                markable=markable,
+                images=images,
+                chars=_text_chars(canon) if images == 0 else _text_chars(_strip_media(canon)),
+                source=block,
+            )
+        )
+        chain.append(state.copy().hexdigest()[:32])
+    breakpoints = _breakpoints(body, blocks, chain, problems)
+    return PromptLayout(
+        model=str(body.get("model", "")),
+        blocks=tuple(blocks),
+        chain=tuple(chain),
+        breakpoints=tuple(breakpoints),
+        settings=settings,
+        problems=tuple(problems),
+    )
+
+
+def _strip_media(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_media(v) for k, v in value.items() if k != "source"}
+    if isinstance(value, list):
+        return [_strip_media(v) for v in value]
+    return value
+
+
+def _breakpoints(
+    body: Mapping[str, Any], blocks: Sequence[Block], chain: Sequence[str], problems: list[str]
+) -> list[Breakpoint]:
+    points = [
+        Breakpoint(b.index, b.level, b.path, b.ttl, False, chain[b.index])
+        for b in blocks
+        if b.ttl is not None and b.markable
+    ]
+    automatic = body.get("cache_control")
+    if isinstance(automatic, dict) and blocks:
+        ttl: Ttl = "1h" if automatic.get("ttl") == "1h" else "5m"
+        # The automatic breakpoint goes on the last cacheable block, walking back over blocks
+        # that cannot hold one (facts section 3).
+        target = next((b for b in reversed(blocks) if b.markable), None)
+        if target is not None:
+            if target.ttl is not None:
+                if target.ttl != ttl:
+                    problems.append(
+                        f"top-level cache_control ttl {ttl} conflicts with {target.ttl} already on {target.path}"
+                    )
+            elif len(points) >= 4:
+                problems.append("top-level cache_control needs a free slot, but 4 blocks already have one")
+            else:
+                points.append(Breakpoint(target.index, target.level, target.path, ttl, True, chain[target.index]))
+    points.sort(key=lambda p: p.block)
+    if len(points) > 4:
+        problems.append(
+            f"A maximum of 4 blocks with cache_control may be provided. Found {len(points)}."
+        )
+    seen_5m = False
+    for point in points:
+        if point.ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            problems.append(
+                f"{point.path}: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"
+            )
+            break
+    return points
+
+
+# --------------------------------------------------------------------------------------------
+# first difference
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def format_path(parts: Sequence[str | int]) -> str:
+    """Render path parts as ``messages[4].content[1]`` (quoted keys where needed)."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENT.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out or "$"
+
+
+def level_of_path(path: str) -> str:
+    """The cache level a JSON path belongs to: tools, system, messages, model, or settings."""
+    head = re.split(r"[.\[]", path, maxsplit=1)[0]
+    if head in ("tools", "system", "messages", "model"):
+        return head
+    return "settings"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """Where a new request first departs from the recorded one.
+
+    Attributes:
+        path: JSON path of the first differing value, e.g. ``system[0].text``.
+        offset: character offset inside that value when both sides are strings, else ``None``.
+        before: excerpt of the recorded value around the difference.
+        after: excerpt of the new value around the difference.
+        kind: ``changed``, ``added``, ``removed``, ``type`` or ``reordered``.
+    """
+
+    path: str
+    offset: int | None
+    before: str
+    after: str
+    kind: str
+
+    @property
+    def level(self) -> str:
+        """The cache level of :attr:`path` (``tools``, ``system``, ``messages``, ``model``, ``settings``)."""
+        return level_of_path(self.path)
+
+    def describe(self) -> str:
+        """One line: path, offset and the before/after excerpts."""
+        where = self.path + (f", offset {self.offset}" if self.offset is not None else "")
+        if self.kind == "added":
+            return f"{where}: added {self.after}"
+        if self.kind == "removed":
+            return f"{where}: removed {self.before}"
+        return f"{where}: {self.before} -> {self.after}"
+
+
+def _excerpt_value(value: Any) -> str:
+    text = value if isinstance(value, str) else _dumps(value)
+    text = json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
+    return text if len(text) <= 2 * _EXCERPT + 8 else text[: 2 * _EXCERPT] + "…"
+
+
+def _string_difference(path: str, old: str, new: str) -> Difference:
+    limit = min(len(old), len(new))
+    offset = next((i for i in range(limit) if old[i] != new[i]), limit)
+    start = max(0, offset - _EXCERPT)
+
+    def cut(text: str) -> str:
+        piece = text[start : offset + _EXCERPT]
+        shown = json.dumps(piece, ensure_ascii=False)
+        return ("…" if start > 0 else "") + shown + ("…" if offset + _EXCERPT < len(text) else "")
+
+    return Difference(path, offset, cut(old), cut(new), "changed")
+
+
+def first_difference(old: Any, new: Any) -> Difference | None:
+    """The first place, in document order, where ``new`` departs from ``old``.
+
+    Dictionaries are compared in key order (a reordered key is a difference: it changes the
+    bytes the cache hashes); strings give the character offset of the first differing character.
+
+    Args:
+        old: the recorded value (parsed JSON).
+        new: the new value (parsed JSON).
+
+    Returns:
+        ``None`` when both are equal, key order included.
+    """
+    return _walk(old, new, [])
+
+
+def _walk(old: Any, new: Any, parts: list[str | int]) -> Difference | None:
+    if type(old) is not type(new) and not (_is_number(old) and _is_number(new)):
+        return Difference(format_path(parts), None, _excerpt_value(old), _excerpt_value(new), "type")
+    if isinstance(old, dict):
+        old_keys = list(old)
+        new_keys = list(new)
+        for i in range(max(len(old_keys), len(new_keys))):
+            ok = old_keys[i] if i < len(old_keys) else None
+            nk = new_keys[i] if i < len(new_keys) else None
+            if ok == nk and ok is not None:
+                found = _walk(old[ok], new[nk], [*parts, ok])
+                if found is not None:
+                    return found
+                continue
+            if ok is not None and ok not in new:
+                return Difference(format_path([*parts, ok]), None, _excerpt_value(old[ok]), "", "removed")
+            if nk is not None and nk not in old:
+                return Difference(format_path([*parts, nk]), None, "", _excerpt_value(new[nk]), "added")
+            return Difference(
+                format_path(parts),
+                None,
+                "keys " + ", ".join(map(str, old_keys[i:i + 4])),
+                "keys " + ", ".join(map(str, new_keys[i:i + 4])),
+                "reordered",
+            )
+        return None
+    if isinstance(old, list):
+        for i in range(min(len(old), len(new))):
+            found = _walk(old[i], new[i], [*parts, i])
+            if found is not None:
+                return found
+        if len(old) > len(new):
+            return Difference(format_path([*parts, len(new)]), None, _excerpt_value(old[len(new)]), "", "removed")
+        if len(new) > len(old):
+            return Difference(format_path([*parts, len(old)]), None, "", _excerpt_value(new[len(old)]), "added")
+        return None
+    if isinstance(old, str):
+        return None if old == new else _string_difference(format_path(parts), old, new)
+    if old == new and type(old) is type(new):
+        return None
+    return Difference(format_path(parts), None, _excerpt_value(old), _excerpt_value(new), "changed")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,403 @@
+"""Recording and replaying a test's Anthropic traffic through vcrpy.
+
+vcrpy's patchers intercept every HTTP client it knows (``httpx2``, which the anthropic SDK 2.x
+uses, plain ``httpx``, requests, aiohttp...). They hand each request to a cassette object; ours,
+:class:`Recorder`, decides per request:
+
+* traffic that is not Anthropic's (no ``anthropic-version`` header, not ``*.anthropic.com``)
+  passes through untouched and is never recorded;
+* in replay, the k-th request of an endpoint is matched to the k-th unplayed recording of that
+  endpoint by comparing bytes (O(size), no scan of the whole cassette); a request that differs
+  from its recording fails the test with the first difference (JSON path, offset, excerpts), or,
+  in ``continue`` mode, gets the recorded response and the departure is noted for the gate;
+* a request with no recording fails the test with the command that records it.
+
+Failures are raised as :class:`~pytest_tokenbudget.errors.ReplayInterrupt`, which the SDK's
+``except Exception`` retry loop cannot swallow.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from vcr.cassette import Cassette as _VcrCassette
+
+from .cassette import Body, Cassette, Interaction, _decompress, save_cassette
+from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
+from .ledger import Ledger, turns_from
+from .prefix import Difference, first_difference
+
+__all__ = ["PLACEHOLDER_API_KEY", "Departure", "RecordMode", "Recorder", "secrets_from_environment"]
+
+PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+_LOOKAHEAD = 32
+_RETRYABLE = frozenset({408, 409, 429})
+
+
+class RecordMode(enum.StrEnum):
+    """When a test's traffic is recorded (vcrpy's modes).
+
+    ``none``: replay only, never record (default). ``once``: record when the cassette does not
+    exist, else replay only. ``new_episodes``: replay what is recorded, record the rest.
+    ``all``: record everything again, replay nothing.
+    """
+
+    NONE = "none"
+    ONCE = "once"
+    NEW_EPISODES = "new_episodes"
+    ALL = "all"
+
+
+def secrets_from_environment(environ: Mapping[str, str] | None = None) -> set[str]:
+    """Values of environment variables that look like credentials (8 characters or more)."""
+    environ = os.environ if environ is None else environ
+    return {v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= 8 and v != PLACEHOLDER_API_KEY}
+
+
+def is_anthropic_request(uri: str, headers: Mapping[str, Any]) -> bool:
+    """Whether a request goes to the Anthropic API (or an emulator of it)."""
+    host = (urlsplit(uri).hostname or "").lower()
+    if host == "anthropic.com" or host.endswith(".anthropic.com"):
+        return True
+    return any(str(name).lower() == "anthropic-version" for name in headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A request that differs from its recording, replayed anyway (``continue`` mode).
+
+    Attributes:
+        exchange: index among the test's exchanges.
+        recorded: the recording it was matched to.
+        request: the request body actually sent.
+        difference: where it first differs (``None`` when a body is not JSON).
+    """
+
+    exchange: int
+    recorded: Interaction
+    request: Body
+    difference: Difference | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    play: Interaction | None
+    started: float
+    departure: Departure | None = None
+
+
+def _headers_of(vcr_request: Any) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in vcr_request.headers.items()}
+
+
+def _body_of(vcr_request: Any) -> bytes:
+    body = vcr_request.body
+    if body is None:
+        return b""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    return bytes(getattr(vcr_request, "body_bytes", b"") or b"")
+
+
+class Recorder(_VcrCassette):  # type: ignore[misc]
+    """The cassette vcrpy's patchers talk to during one test.
+
+    Args:
+        path: the cassette file.
+        test: the test's node id (named in errors).
+        mode: the record mode.
+        loaded: the cassette read from ``path``, if it exists.
+        on_mismatch: ``fail`` (default) or ``continue`` (play the recording and note the departure).
+        allow_unused: do not complain about recordings the test did not replay.
+        record_command: the command line that re-records this test (shown in errors).
+        clock: returns the current time; the emulator fixture installs its clock here.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        test: str,
+        mode: RecordMode,
+        loaded: Cassette | None = None,
+        on_mismatch: str = "fail",
+        allow_unused: bool = False,
+        record_command: Callable[[str], str] = lambda mode: f"--token-budget-record={mode}",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(path=str(path), record_mode="none", match_on=())
+        self.cassette_path = Path(path)
+        self.test = test
+        self.mode = mode
+        self.loaded = loaded
+        self.on_mismatch = on_mismatch
+        self.allow_unused = allow_unused
+        self.record_command = record_command
+        self.clock = clock
+        self.secrets: set[str] = secrets_from_environment()
+        self.exchanges: list[Interaction] = []
+        self.recorded: list[Interaction] = []
+        self.departures: list[Departure] = []
+        self.errors: list[ReplayInterrupt] = []
+        self._lock = threading.RLock()
+        self._pending: dict[int, _Decision] = {}
+        self._queues: dict[tuple[str, str], deque[int]] = {}
+        self._played: set[int] = set()
+        recordings = loaded.interactions if loaded is not None and mode is not RecordMode.ALL else []
+        self._recordings: list[Interaction] = list(recordings)
+        for interaction in self._recordings:
+            self._queues.setdefault((interaction.method, interaction.path), deque()).append(interaction.index)
+
+    # ------------------------------------------------------------------ vcrpy's cassette API
+
+    @property
+    def write_protected(self) -> bool:  # type: ignore[override]
+        # Anthropic requests that must not be recorded never get here: can_play_response_for
+        # raises for them first. Everything else may pass through.
+        return False
+
+    def filter_request(self, request: Any) -> Any:
+        """vcrpy: ``None`` makes vcrpy ignore the request (not Anthropic traffic)."""
+        return request if is_anthropic_request(request.uri, request.headers) else None
+
+    def can_play_response_for(self, request: Any) -> bool:
+        """vcrpy: decide, once per request, whether to play a recording or to record."""
+        if not is_anthropic_request(request.uri, request.headers):
+            return False
+        with self._lock:
+            decision = self._decide(request)
+            self._pending[id(request)] = decision
+        return decision.play is not None
+
+    def play_response(self, request: Any) -> dict[str, Any]:
+        """vcrpy: the recorded response for a request :meth:`can_play_response_for` accepted."""
+        with self._lock:
+            decision = self._pending.pop(id(request), None) or self._decide(request)
+            interaction = decision.play
+            if interaction is None:
+                raise RuntimeError("vcrpy asked to play a request the recorder chose to record")
+            body = Body(_body_of(request))
+            exchange = replace(interaction, index=len(self.exchanges), request_body=body,
+                               request_headers=_headers_of(request))
+            if decision.departure is not None:
+                self.departures.append(replace(decision.departure, exchange=exchange.index))
+            self.exchanges.append(exchange)
+        headers = {name: list(values) for name, values in interaction.response_headers.items()}
+        if interaction.status in _RETRYABLE or interaction.status >= 500:
+            # The SDK would sleep for retry-after (seconds) before retrying; in replay there is
+            # nothing to wait for.
+            headers["retry-after-ms"] = ["1"]
+        return {
+            "status": {"code": interaction.status, "message": interaction.reason or None},
+            "headers": headers,
+            "body": {"string": interaction.response_body.raw},
+        }
+
+    def append(self, request: Any, response: Mapping[str, Any]) -> None:
+        """vcrpy: a request went to the network; keep it if it is Anthropic traffic."""
+        if not is_anthropic_request(request.uri, request.headers):
+            return
+        headers = _headers_of(request)
+        for name in ("authorization", "x-api-key", "api-key"):
+            value = headers.get(name)
+            if value:
+                self.secrets.add(value.removeprefix("Bearer ").strip())
+        response_headers = {str(k).lower(): [str(v) for v in values] for k, values in response["headers"].items()}
+        raw = response["body"]["string"] or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        raw = _decompress(raw, response_headers.pop("content-encoding", []), self.cassette_path, len(self.recorded))
+        with self._lock:
+            pending = self._pending.pop(id(request), None)
+            interaction = Interaction(
+                index=len(self.exchanges),
+                method=str(request.method).upper(),
+                uri=str(request.uri),
+                request_headers=headers,
+                request_body=Body(_body_of(request)),
+                status=int(response["status"]["code"]),
+                reason=str(response["status"].get("message") or ""),
+                response_headers=response_headers,
+                response_body=Body(raw),
+                recorded_at=pending.started if pending is not None else self.clock(),
+            )
+            self.exchanges.append(interaction)
+            self.recorded.append(interaction)
+
+    def find_requests_with_most_matches(self, request: Any) -> list[Any]:
+        """vcrpy (aiohttp redirects): no similarity search here."""
+        return []
+
+    def _save(self, force: bool = False) -> None:
+        """vcrpy calls this on exit; :meth:`save` is called by the plugin instead."""
+
+    # ------------------------------------------------------------------ decisions
+
+    def _decide(self, request: Any) -> _Decision:
+        started = self.clock()
+        method = str(request.method).upper()
+        path = urlsplit(request.uri).path
+        body = _body_of(request)
+        if self.mode is RecordMode.ALL:
+            return _Decision(None, started)
+        queue = self._queues.get((method, path))
+        if queue:
+            found = self._exact(queue, body)
+            if found is not None:
+                return _Decision(self._take(queue, found), started)
+            candidate = self._recordings[queue[0]]
+            difference, same = _compare(candidate.request_body, body)
+            if same:
+                return _Decision(self._take(queue, queue[0]), started)
+            if self.mode is RecordMode.NEW_EPISODES:
+                return _Decision(None, started)
+            if self.on_mismatch == "continue":
+                interaction = self._take(queue, queue[0])
+                return _Decision(interaction, started, Departure(-1, interaction, Body(body), difference))
+            self._raise(self._mismatch(method, path, candidate, body, difference))
+        if self.mode is RecordMode.NEW_EPISODES or (self.mode is RecordMode.ONCE and self.loaded is None):
+            return _Decision(None, started)
+        self._raise(self._missing(method, path, body))
+        raise AssertionError("unreachable")
+
+    def _exact(self, queue: deque[int], body: bytes) -> int | None:
+        for position, index in enumerate(queue):
+            if position >= _LOOKAHEAD:
+                break
+            if self._recordings[index].request_body.raw == body:
+                return index
+        return None
+
+    def _take(self, queue: deque[int], index: int) -> Interaction:
+        if queue[0] == index:
+            queue.popleft()
+        else:
+            queue.remove(index)
+        self._played.add(index)
+        return self._recordings[index]
+
+    def _raise(self, error: MissingRecording | RequestMismatch) -> None:
+        interrupt = ReplayInterrupt(error)
+        self.errors.append(interrupt)
+        raise interrupt
+
+    def _ordinal(self, method: str, path: str) -> int:
+        return 1 + sum(1 for e in self.exchanges if e.method == method and e.path == path)
+
+    def _mismatch(
+        self, method: str, path: str, candidate: Interaction, body: bytes, difference: Difference | None
+    ) -> RequestMismatch:
+        ordinal = self._ordinal(method, path)
+        details: list[str] = []
+        if difference is not None:
+            why = f"{method} {path} #{ordinal} differs at {difference.path}" + (
+                f", offset {difference.offset}" if difference.offset is not None else "")
+            if difference.kind == "added":
+                details.append(f"added:    {difference.after}")
+            elif difference.kind == "removed":
+                details.append(f"removed:  {difference.before}")
+            else:
+                details.append(f"recorded: {difference.before}")
+                details.append(f"now:      {difference.after}")
+        else:
+            offset = _byte_offset(candidate.request_body.raw, body)
+            why = f"{method} {path} #{ordinal} differs from its recording at byte {offset}"
+        return RequestMismatch(
+            "a request departs from its recording",
+            difference=difference,
+            file=f"{self.cassette_path} (interaction {candidate.index})",
+            test=self.test,
+            why=why,
+            details=details,
+            fix=f"if the change is intended, re-record: {self.record_command('all')}",
+        )
+
+    def _missing(self, method: str, path: str, body: bytes) -> MissingRecording:
+        ordinal = self._ordinal(method, path)
+        replayed = [i for i in self._played if self._recordings[i].method == method and self._recordings[i].path == path]
+        if self.loaded is None:
+            why = f"no cassette for this test; it sent {method} {path}"
+            fix = self.record_command("once")
+        elif replayed and any(self._recordings[i].request_body.raw == body for i in replayed):
+            why = (f"{method} {path} #{ordinal} was already replayed: the test sends this request more "
+                   f"times than it was recorded ({len(replayed)})")
+            fix = self.record_command("all")
+        else:
+            recorded = len(replayed)
+            why = f"{method} {path} #{ordinal} is not recorded (the cassette has {recorded} such request(s))"
+            fix = self.record_command("all")
+        return MissingRecording("no recording for a request", file=str(self.cassette_path), test=self.test,
+                                why=why, fix=fix)
+
+    # ------------------------------------------------------------------ results
+
+    @property
+    def unused(self) -> list[Interaction]:
+        """Recordings this test did not replay (none in ``all``/``new_episodes`` modes)."""
+        if self.mode in (RecordMode.ALL, RecordMode.NEW_EPISODES):
+            return []
+        return [i for i in self._recordings if i.index not in self._played]
+
+    def ledger(self) -> Ledger:
+        """The ledger of this test's exchanges so far, in the order they happened."""
+        with self._lock:
+            exchanges = list(self.exchanges)
+        return turns_from(exchanges, source=self.cassette_path, test=self.test)
+
+    def to_save(self) -> list[Interaction] | None:
+        """What the cassette should hold after this test, or ``None`` to leave it as it is."""
+        if not self.recorded:
+            return None
+        if self.mode is RecordMode.NEW_EPISODES and self.loaded is not None:
+            return [*self.loaded.interactions, *self.recorded]
+        return list(self.recorded)
+
+    def save(self) -> bool:
+        """Write the cassette (atomically) if this test recorded anything; say whether it did."""
+        interactions = self.to_save()
+        if interactions is None:
+            return False
+        renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
+        save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
+        return True
+
+    @contextmanager
+    def patched(self) -> Iterator[Recorder]:
+        """Install vcrpy's patchers with this recorder for the duration of the block."""
+        from vcr.patch import CassettePatcherBuilder
+
+        with ExitStack() as stack:
+            for patcher in CassettePatcherBuilder(self).build():
+                stack.enter_context(patcher)
+            yield self
+
+
+def _compare(recorded: Body, body: bytes) -> tuple[Difference | None, bool]:
+    """(first difference, equal?) between a recorded body and a new one, parsed when both are JSON."""
+    try:
+        new = json.loads(body) if body else None
+        old = recorded.json()
+    except ValueError:
+        return None, recorded.raw == body
+    difference = first_difference(old, new)
+    return difference, difference is None
+
+
+def _byte_offset(old: bytes, new: bytes) -> int:
+    limit = min(len(old), len(new))
+    return next((i for i in range(limit) if old[i] != new[i]), limit)
