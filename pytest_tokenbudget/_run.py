@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cassette import Cassette, load_cassette
 from .ledger import Ledger
-from .record import PLACEHOLDER_API_KEY, RecordMode, Recorder
+from .record import PLACEHOLDER_API_KEY, Recorder, RecordMode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
 

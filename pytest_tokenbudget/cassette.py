@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 FORMAT = "pytest-tokenbudget/1"
+REDACTED = "<redacted>"
 _HEADER_COMMENT = (
     "# Recorded by pytest-tokenbudget; replayed offline by its pytest plugin.\n"
     "# Request bodies are stored parsed; 'extends: N' + 'ops' = interaction N's body with these edits.\n"
@@ -277,7 +278,7 @@ def _parse_document(text: str, path: Path) -> Any:
             raise CassetteError("cassette cannot be read", file=f"{path}" + (f", line {line}" if line else ""),
                                 why=f"invalid JSON: {err}", fix="re-record it") from None
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader, see _Loader
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
@@ -701,7 +702,7 @@ def _redactor(secrets: Iterable[str]) -> Callable[[Any], Any]:
 
     def scrub(value: Any) -> Any:
         if isinstance(value, str):
-            return pattern.sub("<redacted>", value) if pattern.search(value) else value
+            return pattern.sub(REDACTED, value) if pattern.search(value) else value
         if isinstance(value, dict):
             return {scrub(k): scrub(v) for k, v in value.items()}
         if isinstance(value, list):

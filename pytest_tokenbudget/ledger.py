@@ -244,9 +244,19 @@ class Ledger:
     """
 
     def __init__(self, turns: Sequence[Turn] = (), exchanges: Sequence[Exchange] = (), source: str = "") -> None:
-        self.turns: list[Turn] = list(turns)
-        self.exchanges: list[Exchange] = list(exchanges)
+        self._turns: list[Turn] = list(turns)
+        self._exchanges: list[Exchange] = list(exchanges)
         self.source = source
+
+    @property
+    def turns(self) -> list[Turn]:
+        """The billed turns, in order."""
+        return self._turns
+
+    @property
+    def exchanges(self) -> list[Exchange]:
+        """Every exchange with the API, billed or not, in order."""
+        return self._exchanges
 
     def __iter__(self) -> Iterator[Turn]:
         return iter(self.turns)
@@ -292,12 +302,12 @@ class LiveLedger(Ledger):
         self._source = source
         self.source = ""
 
-    @property  # type: ignore[override]
+    @property
     def turns(self) -> list[Turn]:
         """The turns so far."""
         return self._source().turns
 
-    @property  # type: ignore[override]
+    @property
     def exchanges(self) -> list[Exchange]:
         """Every exchange so far, billed or not."""
         return self._source().exchanges

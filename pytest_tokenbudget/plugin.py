@@ -11,7 +11,7 @@ import pytest
 from ._run import RunState, Settings, TestResult, cassette_path, open_recorder, placeholder_key, replays_only
 from .errors import ReplayInterrupt, TokenBudgetError
 from .ledger import Ledger, LiveLedger
-from .record import RecordMode, Recorder
+from .record import Recorder, RecordMode
 
 if TYPE_CHECKING:
     from .emulator import AnthropicEmulator

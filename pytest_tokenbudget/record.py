@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vcr.cassette import Cassette as _VcrCassette
-
-from .cassette import Body, Cassette, Interaction, _decompress, save_cassette
+from .cassette import REDACTED, Body, Cassette, Interaction, _decompress, save_cassette
 from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
 from .ledger import Ledger, turns_from
 from .prefix import Difference, first_difference
@@ -114,8 +112,12 @@ def _body_of(vcr_request: Any) -> bytes:
     return bytes(getattr(vcr_request, "body_bytes", b"") or b"")
 
 
-class Recorder(_VcrCassette):  # type: ignore[misc]
+class Recorder:
     """The cassette vcrpy's patchers talk to during one test.
+
+    It implements the part of ``vcr.cassette.Cassette`` that vcrpy's patchers and stubs call
+    (``can_play_response_for``, ``play_response``, ``append``, ``write_protected``,
+    ``filter_request``), with matching of its own. vcrpy is imported only when a test runs.
 
     Args:
         path: the cassette file.
@@ -140,7 +142,9 @@ class Recorder(_VcrCassette):  # type: ignore[misc]
         record_command: Callable[[str], str] = lambda mode: f"--token-budget-record={mode}",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(path=str(path), record_mode="none", match_on=())
+        self._path = str(path)
+        self.custom_patches: tuple[Any, ...] = ()
+        self.skip_patchers: tuple[str, ...] = ()
         self.cassette_path = Path(path)
         self.test = test
         self.mode = mode
@@ -166,7 +170,7 @@ class Recorder(_VcrCassette):  # type: ignore[misc]
     # ------------------------------------------------------------------ vcrpy's cassette API
 
     @property
-    def write_protected(self) -> bool:  # type: ignore[override]
+    def write_protected(self) -> bool:
         # Anthropic requests that must not be recorded never get here: can_play_response_for
         # raises for them first. Everything else may pass through.
         return False
@@ -234,7 +238,7 @@ class Recorder(_VcrCassette):  # type: ignore[misc]
                 reason=str(response["status"].get("message") or ""),
                 response_headers=response_headers,
                 response_body=Body(raw),
-                recorded_at=pending.started if pending is not None else self.clock(),
+                recorded_at=pending.started if pending is not None else round(self.clock(), 6),
             )
             self.exchanges.append(interaction)
             self.recorded.append(interaction)
@@ -249,10 +253,10 @@ class Recorder(_VcrCassette):  # type: ignore[misc]
     # ------------------------------------------------------------------ decisions
 
     def _decide(self, request: Any) -> _Decision:
-        started = self.clock()
+        started = round(self.clock(), 6)
         method = str(request.method).upper()
         path = urlsplit(request.uri).path
-        body = _body_of(request)
+        body = self._redacted(_body_of(request))
         if self.mode is RecordMode.ALL:
             return _Decision(None, started)
         queue = self._queues.get((method, path))
@@ -274,6 +278,13 @@ class Recorder(_VcrCassette):  # type: ignore[misc]
             return _Decision(None, started)
         self._raise(self._missing(method, path, body))
         raise AssertionError("unreachable")
+
+    def _redacted(self, body: bytes) -> bytes:
+        # Cassettes hold "<redacted>" where a secret was; compare like with like.
+        for secret in self.secrets:
+            if secret.encode("utf-8") in body:
+                body = body.replace(secret.encode("utf-8"), REDACTED.encode("utf-8"))
+        return body
 
     def _exact(self, queue: deque[int], body: bytes) -> int | None:
         for position, index in enumerate(queue):

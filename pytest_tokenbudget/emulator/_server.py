@@ -130,7 +130,7 @@ class AnthropicEmulator:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="anthropic-emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="anthropic-emulator", daemon=True)
         self._thread.start()
         return self
 
@@ -395,9 +395,9 @@ class AnthropicEmulator:
                                 "result": {"type": "errored", "error": _error_body(error.kind, error.message)}})
                 continue
             if message is None:
-                error = _reply_error(reply)
+                failure = _reply_error(reply)
                 results.append({"custom_id": item["custom_id"],
-                                "result": {"type": "errored", "error": _error_body(error.kind, error.message)}})
+                                "result": {"type": "errored", "error": _error_body(failure.kind, failure.message)}})
             else:
                 results.append({"custom_id": item["custom_id"], "result": {"type": "succeeded", "message": message}})
         batch["results"] = results
