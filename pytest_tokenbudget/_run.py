@@ -7,11 +7,17 @@ import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .cassette import Cassette, load_cassette
-from .ledger import Ledger
+from .ledger import Ledger, Turn
+
+if TYPE_CHECKING:
+    from .pricing import Pricer
+    from .report import Report
 from .record import PLACEHOLDER_API_KEY, Recorder, RecordMode
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
@@ -34,6 +40,11 @@ class Settings:
     allow_unused: bool
     report: bool
     rootdir: Path
+    price_files: tuple[str, ...] = ()
+    price_at: str = "now"
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    verbose: bool = False
 
 
 def cassette_path(settings: Settings, module: Path, test_name: str, class_name: str | None = None) -> Path:
@@ -56,6 +67,28 @@ class TestResult:
     ledger: Ledger
     recorded: bool
 
+    def to_wire(self) -> dict[str, Any]:
+        """A JSON-able form, for xdist workers to send to the controller."""
+        return {
+            "nodeid": self.nodeid,
+            "cassette": str(self.cassette),
+            "recorded": self.recorded,
+            "turns": [_turn_to_wire(t) for t in self.ledger.turns],
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> TestResult:
+        """Rebuild a result sent by :meth:`to_wire`."""
+        turns = [Turn(**turn) for turn in data["turns"]]
+        return cls(data["nodeid"], Path(data["cassette"]), Ledger(turns), bool(data["recorded"]))
+
+
+_WIRE_FIELDS = tuple(f.name for f in fields(Turn) if f.name != "request")
+
+
+def _turn_to_wire(turn: Turn) -> dict[str, Any]:
+    return {name: getattr(turn, name) for name in _WIRE_FIELDS}
+
 
 @dataclass
 class RunState:
@@ -63,6 +96,30 @@ class RunState:
 
     settings: Settings
     results: dict[str, TestResult] = field(default_factory=dict)
+    _pricer: Pricer | None = None
+
+    @property
+    def pricer(self) -> Pricer:
+        """The session's pricer (one instant for "now" pricing, for the whole run)."""
+        if self._pricer is None:
+            from .pricing import Pricer
+
+            self._pricer = Pricer(override_files=self.settings.price_files, timestamp_policy=self.settings.price_at)
+        return self._pricer
+
+    def display_id(self, result: TestResult) -> str:
+        """A cassette path relative to the rootdir when possible."""
+        try:
+            return str(result.cassette.relative_to(self.settings.rootdir))
+        except ValueError:
+            return str(result.cassette)
+
+    def report(self) -> Report:
+        """The priced report of every test that made API turns, in node-id order."""
+        from .report import build_report
+
+        entries = [(r.nodeid, self.display_id(r), r.ledger) for _, r in sorted(self.results.items())]
+        return build_report(entries, self.pricer)
 
 
 def open_recorder(settings: Settings, nodeid: str, path: Path) -> Recorder:

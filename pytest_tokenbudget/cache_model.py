@@ -285,7 +285,7 @@ def diagnose(
     for level in LEVELS:
         old = _level_blocks(previous, level)
         new = _level_blocks(current, level)
-        same = level == "messages" and new[: len(old)] == old or level != "messages" and new == old
+        same = (level == "messages" and new[: len(old)] == old) or (level != "messages" and new == old)
         if not same:
             common = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
             return {"type": f"{level}_changed", "cache_missed_input_tokens": missed_from(start + common)}

@@ -33,10 +33,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="record mode: none (replay only, default), once, new_episodes, all.")
     group.addoption("--token-budget-cassette-dir", action="store", default=None, dest="token_budget_cassette_dir",
                     metavar="DIR", help="where cassettes live (default: cassettes/ under the rootdir).")
+    group.addoption("--token-budget-prices", action="append", default=None, dest="token_budget_prices",
+                    metavar="PATH", help="a price override file (repeatable; later files win).")
+    group.addoption("--token-budget-price-at", action="store", default=None, dest="token_budget_price_at",
+                    choices=["now", "recorded"],
+                    help="price turns at today's prices (now, default) or at their recorded time.")
+    group.addoption("--token-budget-json", action="store", default=None, dest="token_budget_json", metavar="PATH",
+                    help="write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).")
+    group.addoption("--token-budget-md", action="store", default=None, dest="token_budget_md", metavar="PATH",
+                    help="write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set).")
     parser.addini("token_budget_record_mode", "record mode when --token-budget-record is not given", default="none")
     parser.addini("token_budget_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
     parser.addini("token_budget_allow_unused", "do not fail tests that leave recordings unplayed",
                   type="bool", default=False)
+    parser.addini("token_budget_prices", "price override files, one per line", type="linelist", default=[])
+    parser.addini("token_budget_price_at", "now (default) or recorded", default="now")
 
 
 def _record_mode(config: pytest.Config) -> RecordMode:
@@ -69,14 +80,32 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     rootdir = Path(config.rootpath)
     directory = config.getoption("token_budget_cassette_dir") or str(config.getini("token_budget_cassette_dir"))
+    price_at = config.getoption("token_budget_price_at") or str(config.getini("token_budget_price_at")).strip()
+    if price_at not in ("now", "recorded"):
+        raise pytest.UsageError(f"tokenbudget: token_budget_price_at = {price_at!r}; use now or recorded")
+    json_path = config.getoption("token_budget_json")
+    md_path = config.getoption("token_budget_md")
     settings = Settings(
         record_mode=_record_mode(config),
         cassette_dir=(rootdir / directory).resolve(),
         allow_unused=bool(config.getini("token_budget_allow_unused")),
-        report=bool(config.getoption("token_budget")),
+        report=bool(config.getoption("token_budget")) or bool(json_path) or bool(md_path),
         rootdir=rootdir,
+        price_files=tuple(
+            str(rootdir / p) for p in (config.getoption("token_budget_prices") or config.getini("token_budget_prices"))
+        ),
+        price_at=price_at,
+        json_path=Path(json_path) if json_path else None,
+        markdown_path=Path(md_path) if md_path else None,
+        verbose=config.get_verbosity() > 0,
     )
-    config.stash[_STATE] = RunState(settings)
+    state = RunState(settings)
+    if settings.report:
+        try:
+            state.pricer  # noqa: B018 - load and validate the price files now: a bad one is a usage error
+        except TokenBudgetError as error:
+            raise pytest.UsageError(error.render()) from None
+    config.stash[_STATE] = state
 
 
 def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
@@ -117,9 +146,28 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
             pytest.fail(error.render(), pytrace=False)
     try:
         ledger = recorder.ledger()
-    except TokenBudgetError:
+    except TokenBudgetError as error:
+        if item.stash.get(_CALL_PASSED, False):
+            pytest.fail(error.render(), pytrace=False)
         ledger = Ledger()
-    state.results[item.nodeid] = TestResult(item.nodeid, path, ledger, bool(recorder.recorded))
+    _record_result(item, state, TestResult(item.nodeid, path, ledger, bool(recorder.recorded)))
+
+
+def _record_result(item: pytest.Item, state: RunState, result: TestResult) -> None:
+    state.results[item.nodeid] = result
+    if not result.ledger.turns:
+        return
+    totals = result.ledger.totals()
+    # JUnit XML: pytest's junitxml plugin writes user_properties of the teardown report.
+    for name in ("turns", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
+        item.user_properties.append((f"tokenbudget_{name}", getattr(totals, name)))
+    item.user_properties.append(("tokenbudget_cache_hit_rate", round(totals.cache_hit_rate, 6)))
+    if state.settings.report:
+        from .report import build_entry
+
+        entry = build_entry(item.nodeid, state.display_id(result), result.ledger, state.pricer)
+        if entry.cost_usd is not None:
+            item.user_properties.append(("tokenbudget_cost_usd", str(entry.cost_usd)))
 
 
 @pytest.fixture
@@ -207,3 +255,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call":
         item.stash[_CALL_PASSED] = report.passed
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# session end: the report (xdist workers send their results to the controller)
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker, hand this worker's results to the controller."""
+    config = session.config
+    if _is_worker(config) and _STATE in config.stash:
+        import json
+
+        results = [r.to_wire() for r in config.stash[_STATE].results.values()]
+        config.workeroutput["tokenbudget"] = json.dumps(results)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: merge a finished worker's results."""
+    import json
+
+    payload = getattr(node, "workeroutput", {}).get("tokenbudget")
+    if payload is None:
+        return
+    state = node.config.stash[_STATE]
+    for data in json.loads(payload):
+        result = TestResult.from_wire(data)
+        state.results[result.nodeid] = result
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print the token budget report, and write its JSON/Markdown forms."""
+    if _is_worker(config) or _STATE not in config.stash:
+        return
+    state = config.stash[_STATE]
+    if not state.settings.report:
+        return
+    from ._reporting import publish
+
+    lines = publish(state)
+    if lines:
+        terminalreporter.write_sep("=", "token budget")
+        for line in lines:
+            terminalreporter.write_line(line)

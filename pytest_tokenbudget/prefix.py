@@ -272,7 +272,10 @@ def layout_of(body: Mapping[str, Any]) -> PromptLayout:
         ttl = _ttl_of(block) if explicit else None
         markable = kind not in _UNMARKABLE and not _is_empty_text(block)
         if ttl is not None and not markable:
-            problems.append(f"{path}: cache_control cannot be set on a {kind or 'empty text'} block")
+            if _is_empty_text(block):  # the API's wording (facts section 2)
+                problems.append(f"{path}: cache_control cannot be set for empty text blocks")
+            else:
+                problems.append(f"{path}: cache_control cannot be set on a {kind} block")
         blocks.append(
             Block(
                 index=index,

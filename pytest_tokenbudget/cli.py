@@ -1,0 +1,86 @@
+"""``tokenbudget``: the report for any cassette, without running a test.
+
+    tokenbudget report cassettes/                 # a table, like pytest --token-budget
+    tokenbudget report a.yaml b.yaml --json       # the JSON report (schemas/report.schema.json)
+
+Exit status: 0 when every cassette was read and priced, 1 when some could not be (they are
+listed with the reason; the rest are still reported), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cassette import iter_cassette_files, load_cassette
+from .errors import TokenBudgetError
+from .ledger import Ledger, turns_from
+
+__all__ = ["main"]
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenbudget", description="Token and cost reports for Claude cassettes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    report = commands.add_parser("report", help="report tokens and cost of cassettes (files or folders)")
+    report.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="cassette files or folders of them")
+    report.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    report.add_argument("--prices", action="append", default=[], metavar="FILE",
+                        help="a price override file (repeatable; later files win)")
+    report.add_argument("--price-at", choices=["now", "recorded"], default="now",
+                        help="price at today's prices (default) or at each turn's recorded time")
+    report.add_argument("-v", "--verbose", action="store_true", help="add each cassette's per-turn table")
+    return parser
+
+
+def _read(paths: Sequence[Path]) -> tuple[list[tuple[str, str | None, Ledger]], list[tuple[str, str]]]:
+    entries: list[tuple[str, str | None, Ledger]] = []
+    errors: list[tuple[str, str]] = []
+    for path in iter_cassette_files(paths):
+        name = _relative(path)
+        try:
+            ledger = turns_from(load_cassette(path).interactions, source=name)
+        except FileNotFoundError:
+            errors.append((name, f"tokenbudget: no such file: {name}"))
+            continue
+        except TokenBudgetError as error:
+            errors.append((name, error.render()))
+            continue
+        entries.append((name, name, ledger))
+    return entries, errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from .pricing import Pricer
+    from .report import ReportError, build_report, render_text
+
+    try:
+        pricer = Pricer(override_files=args.prices, timestamp_policy=args.price_at)
+    except TokenBudgetError as error:
+        print(error.render(), file=sys.stderr)
+        return 2
+    entries, unreadable = _read(args.paths)
+    report = build_report(entries, pricer, [ReportError(path, reason) for path, reason in unreadable])
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        lines = render_text(report, verbose=args.verbose)
+        print("\n".join(lines) if lines else "no Claude API turns found")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
