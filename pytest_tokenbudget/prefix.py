@@ -147,6 +147,10 @@ def _digest_media(value: Any) -> tuple[Any, int]:
         for key, item in value.items():
             if key == "cache_control":
                 continue
+            if key in ("input", "input_schema"):
+                # Tool arguments and schemas are data: a key named cache_control there is no marker.
+                out[key] = item
+                continue
             if key == "source" and isinstance(item, dict) and kind in ("image", "document"):
                 count += 1
                 source = dict(item)
@@ -363,7 +367,7 @@ def format_path(parts: Sequence[str | int]) -> str:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENT.match(part):
+        elif _IDENT.fullmatch(part):  # match() would accept a trailing newline ("$")
             out += f".{part}" if out else part
         else:
             out += f"[{json.dumps(part, ensure_ascii=False)}]"
@@ -484,8 +488,8 @@ def _walk(old: Any, new: Any, parts: list[str | int]) -> Difference | None:
         return None
     if isinstance(old, str):
         return None if old == new else _string_difference(format_path(parts), old, new)
-    if old == new and type(old) is type(new):
-        return None
+    if old == new and type(old) is type(new) and (not isinstance(old, float) or _dumps(old) == _dumps(new)):
+        return None  # floats by their bytes: 0.0 and -0.0 are equal but hash differently
     return Difference(format_path(parts), None, _excerpt_value(old), _excerpt_value(new), "changed")
 
 

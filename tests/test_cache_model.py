@@ -237,7 +237,8 @@ def test_string_and_block_forms_fingerprint_alike() -> None:
 def test_key_reorder_in_a_tool_schema_changes_the_fingerprint() -> None:
     """Sorting keys of a tool's input_schema changes its fingerprint: the cache hashes sent key order."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    body = {"model": MODEL, "tools": [{"name": "t", "input_schema": schema}], "messages": [{"role": "user", "content": "x"}]}
+    body = {"model": MODEL, "tools": [{"name": "t", "input_schema": schema}],
+            "messages": [{"role": "user", "content": "x"}]}
     resorted = json.loads(json.dumps(body, sort_keys=True))
     assert layout_of(resorted).chain[0] != layout_of(body).chain[0]
 
@@ -253,7 +254,8 @@ def test_a_tool_property_named_cache_control_is_part_of_the_prefix() -> None:
 
     def with_input(value: str) -> dict[str, Any]:
         call = {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {"cache_control": value}}
-        return {"model": MODEL, "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [call]}]}
+        return {"model": MODEL,
+                "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [call]}]}
 
     assert layout_of(with_input("on")).chain[1] != layout_of(with_input("off")).chain[1]
 
@@ -332,10 +334,10 @@ def test_first_difference_in_system_text_gives_offset() -> None:
     assert difference is not None
     assert (difference.path, difference.offset, difference.kind, difference.level) == ("system[0].text", 38,
                                                                                        "changed", "system")
-    assert difference.before == '"You are a helpful assistant. Today is Monday."'
+    # excerpts run from 32 characters before the offset (6) to 32 after it
     assert difference.describe() == (
-        'system[0].text, offset 38: "You are a helpful assistant. Today is Monday." -> '
-        '"You are a helpful assistant. Today is Tuesday."'
+        'system[0].text, offset 38: …"e a helpful assistant. Today is Monday." -> '
+        '…"e a helpful assistant. Today is Tuesday."'
     )
 
 
