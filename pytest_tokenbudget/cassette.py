@@ -276,7 +276,8 @@ def _parse_document(text: str, path: Path) -> Any:
         except ValueError as err:
             line = getattr(err, "lineno", None)
             raise CassetteError("cassette cannot be read", file=f"{path}" + (f", line {line}" if line else ""),
-                                why=f"invalid JSON: {err}", fix="re-record it") from None
+                                why=_in_interaction(text, getattr(err, "pos", None), True) + f"invalid JSON: {err}",
+                                fix="re-record it") from None
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
@@ -284,10 +285,41 @@ def _parse_document(text: str, path: Path) -> Any:
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise CassetteError("cassette cannot be read", file=f"{path}{where}",
-                            why=f"invalid YAML: {problem} (truncated or hand-edited?)", fix="re-record it") from None
+                            why=_in_interaction(text, getattr(mark, "index", None), False)
+                            + f"invalid YAML: {problem} (truncated or hand-edited?)", fix="re-record it") from None
     except (ValueError, binascii.Error) as err:
         raise CassetteError("cassette cannot be read", file=str(path), why=f"invalid YAML value: {err}",
                             fix="re-record it") from None
+
+
+def _in_interaction(text: str, offset: int | None, is_json: bool) -> str:
+    """``"interaction N: "`` for the interaction a syntax error at ``offset`` falls in, else ``""``.
+
+    Interactions are the items of the top-level ``interactions`` list: in YAML (as PyYAML and
+    vcrpy write it) the lines starting with ``- `` at column 0; in JSON the objects opened at
+    depth 2.
+    """
+    if offset is None:
+        return ""
+    head = text[:offset]
+    if not is_json:
+        count = len(re.findall(r"^- ", head, re.MULTILINE))
+    else:
+        count, depth, in_string, escaped = 0, 0, False, False
+        for char in head:
+            if escaped:
+                escaped = False
+            elif in_string:
+                escaped = char == "\\"
+                in_string = char != '"'
+            elif char == '"':
+                in_string = True
+            elif char in "{[":
+                count += char == "{" and depth == 2
+                depth += 1
+            elif char in "}]":
+                depth -= 1
+    return f"interaction {count - 1}: " if count else ""
 
 
 def _fail(path: Path, index: int, why: str) -> CassetteError:
@@ -376,6 +408,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         response = _as_mapping(item.get("response"), path, index, "'response'")
         if "method" not in request or "uri" not in request:
             raise _fail(path, index, "request has no 'method' or 'uri'")
+        _check_uri(request["uri"], path, index)
         request_headers = {k: v[0] for k, v in _header_values(request.get("headers"), path, index).items() if v}
         request_raw = _to_bytes(_body_value(request.get("body"), path, index, "request body"), path, index,
                                 "request body")
@@ -408,6 +441,14 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
     return out
 
 
+def _check_uri(uri: Any, path: Path, index: int) -> None:
+    # urlsplit raises ValueError on e.g. an unclosed "[": fail here rather than in the ledger.
+    try:
+        urlsplit(str(uri))
+    except ValueError as err:
+        raise _fail(path, index, f"request 'uri' {str(uri)!r} is not a URL ({err})") from None
+
+
 def _body_value(body: Any, path: Path, index: int, what: str) -> Any:
     if isinstance(body, dict):
         if "base64_string" in body:
@@ -436,6 +477,7 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
         for key in ("method", "uri"):
             if not isinstance(request.get(key), str):
                 raise _fail(path, index, f"request has no '{key}'")
+        _check_uri(request["uri"], path, index)
         status = response.get("status")
         if not isinstance(status, int):
             raise _fail(path, index, f"response status {status!r} is not a number")

@@ -261,11 +261,13 @@ def _row(name: str, totals: Totals, cost: Decimal | None) -> list[str]:
             _int(totals.cache_read_input_tokens), _int(totals.output_tokens), _pct(totals.cache_hit_rate), _usd(cost)]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
+    """Columns padded to width: the first ``text_columns`` left-aligned, numbers right-aligned."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for number, row in enumerate([header, *rows]):
-        cells = [str(row[0]).ljust(widths[0])] + [str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [str(c).ljust(w) if i < text_columns else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -318,7 +320,8 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
                                   _int(turn.cache_creation_input_tokens), _int(turn.cache_read_input_tokens),
                                   _int(turn.output_tokens), _usd(item.cost.cost_usd if item.cost else None)])
             lines.extend("  " + line for line in _table(
-                ("turn", "model", "endpoint", "input", "cache write", "cache read", "output", "cost USD"), turn_rows))
+                ("turn", "model", "endpoint", "input", "cache write", "cache read", "output", "cost USD"), turn_rows,
+                text_columns=3))
     lines.append("")
     lines.append(_source_line(report.price_source))
     lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")
