@@ -66,6 +66,7 @@ class TestResult:
     cassette: Path
     ledger: Ledger
     recorded: bool
+    cache: list[dict[str, Any]] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """A JSON-able form, for xdist workers to send to the controller."""
@@ -74,13 +75,14 @@ class TestResult:
             "cassette": str(self.cassette),
             "recorded": self.recorded,
             "turns": [_turn_to_wire(t) for t in self.ledger.turns],
+            "cache": self.cache,
         }
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> TestResult:
         """Rebuild a result sent by :meth:`to_wire`."""
         turns = [Turn(**turn) for turn in data["turns"]]
-        return cls(data["nodeid"], Path(data["cassette"]), Ledger(turns), bool(data["recorded"]))
+        return cls(data["nodeid"], Path(data["cassette"]), Ledger(turns), bool(data["recorded"]), data.get("cache"))
 
 
 _WIRE_FIELDS = tuple(f.name for f in fields(Turn) if f.name != "request")
@@ -118,7 +120,7 @@ class RunState:
         """The priced report of every test that made API turns, in node-id order."""
         from .report import build_report
 
-        entries = [(r.nodeid, self.display_id(r), r.ledger) for _, r in sorted(self.results.items())]
+        entries = [(r.nodeid, self.display_id(r), r.ledger, r.cache) for _, r in sorted(self.results.items())]
         return build_report(entries, self.pricer)
 
 

@@ -354,7 +354,10 @@ def _to_bytes(value: Any, path: Path, index: int, what: str) -> bytes:
         return value.encode("utf-8", "surrogatepass")
     if isinstance(value, dict | list):
         # Some serializers store JSON bodies parsed.
-        return json.dumps(value).encode("utf-8")
+        try:
+            return json.dumps(value).encode("utf-8")
+        except (TypeError, ValueError) as err:  # e.g. bytes inside: a damaged vcrpy body mapping
+            raise _fail(path, index, f"{what} is a mapping that is not JSON ({err})") from None
     raise _fail(path, index, f"{what} is a {type(value).__name__}, expected text or bytes")
 
 

@@ -20,10 +20,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cassette import Body, Interaction
 from .errors import CassetteError
+
+if TYPE_CHECKING:
+    from .analysis import CacheAnalysis
 
 __all__ = ["Exchange", "Ledger", "LiveLedger", "Totals", "Turn", "parse_sse", "turns_from"]
 
@@ -290,6 +293,41 @@ class Ledger:
     def cache_hit_rate(self) -> float:
         """Cache reads over all input tokens of all turns (0 when there is no input)."""
         return self.totals().cache_hit_rate
+
+    def cache_analysis(self) -> CacheAnalysis:
+        """Verdicts, fingerprints and predictions per turn (see :mod:`pytest_tokenbudget.analysis`)."""
+        from .analysis import analyze
+
+        return analyze(self.turns)
+
+    def assert_prefix_stable(self) -> None:
+        """Fail unless every turn's prompt prefix extends the previous turn's (same model).
+
+        Raises:
+            AssertionError: naming each break (turn, level, JSON path, offset, excerpts) and
+                listing the verdict of every turn.
+        """
+        analysis = self.cache_analysis()
+        if analysis.prefix_stable:
+            return
+        lines = ["prompt prefix is not byte-stable:"]
+        lines.extend(f"  {d.describe()}" for d in analysis.divergences)
+        lines.append("verdicts:")
+        lines.extend(f"  {line}" for line in analysis.verdict_lines())
+        raise AssertionError("\n".join(lines))
+
+    def assert_cache_hit_rate(self, min: float) -> None:  # noqa: A002 - the documented keyword
+        """Fail when the cache hit rate (reads over all input tokens) is below ``min`` (0-1).
+
+        Raises:
+            AssertionError: with the rate, the budget and every turn's verdict.
+        """
+        rate = self.cache_hit_rate
+        if rate >= min:
+            return
+        lines = [f"cache hit rate {rate:.1%} is below {min:.1%}"]
+        lines.extend(f"  {line}" for line in self.cache_analysis().verdict_lines())
+        raise AssertionError("\n".join(lines))
 
 
 class LiveLedger(Ledger):

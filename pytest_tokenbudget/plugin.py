@@ -150,7 +150,12 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
         if item.stash.get(_CALL_PASSED, False):
             pytest.fail(error.render(), pytrace=False)
         ledger = Ledger()
-    _record_result(item, state, TestResult(item.nodeid, path, ledger, bool(recorder.recorded)))
+    result = TestResult(item.nodeid, path, ledger, bool(recorder.recorded))
+    if state.settings.report and ledger.turns:
+        from .report import cache_of
+
+        result.cache = cache_of(ledger)  # here, on the worker: request bodies do not travel to the controller
+    _record_result(item, state, result)
 
 
 def _record_result(item: pytest.Item, state: RunState, result: TestResult) -> None:
@@ -165,7 +170,7 @@ def _record_result(item: pytest.Item, state: RunState, result: TestResult) -> No
     if state.settings.report:
         from .report import build_entry
 
-        entry = build_entry(item.nodeid, state.display_id(result), result.ledger, state.pricer)
+        entry = build_entry(item.nodeid, state.display_id(result), result.ledger, state.pricer, result.cache)
         if entry.cost_usd is not None:
             item.user_properties.append(("tokenbudget_cost_usd", str(entry.cost_usd)))
 

@@ -37,10 +37,11 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class TurnEntry:
-    """A turn and its price (``cost`` is ``None`` when it could not be priced)."""
+    """A turn, its price (``None`` when it could not be priced) and its cache analysis."""
 
     turn: Turn
     cost: TurnCost | None
+    cache: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ def _turn_json(entry: TurnEntry) -> dict[str, Any]:
         out["diagnostics"] = turn.diagnostics
     if entry.cost is not None:
         out["price"] = {"model_ref": entry.cost.model_ref, "source": entry.cost.source, "notes": list(entry.cost.notes)}
+    if entry.cache is not None:
+        out["cache"] = dict(entry.cache)
     return out
 
 
@@ -191,29 +194,48 @@ def price_ledger(ledger: Ledger, pricer: Pricer, *, test: str | None = None) -> 
     return entries, errors
 
 
-def build_entry(test_id: str, cassette: str | None, ledger: Ledger, pricer: Pricer) -> TestEntry:
-    """Price one ledger into a report entry."""
+def cache_of(ledger: Ledger) -> list[dict[str, Any]] | None:
+    """The cache analysis of a ledger as JSON, per turn (``None`` when request bodies are missing)."""
+    if not ledger.turns or any(turn.request is None for turn in ledger.turns):
+        return None
+    from .analysis import analyze
+
+    return [result.as_dict() for result in analyze(ledger).turns]
+
+
+def build_entry(
+    test_id: str, cassette: str | None, ledger: Ledger, pricer: Pricer,
+    cache: Sequence[Mapping[str, Any]] | None = None,
+) -> TestEntry:
+    """Price one ledger into a report entry, with its cache analysis (computed when not given)."""
     turns, errors = price_ledger(ledger, pricer, test=test_id if cassette != test_id else None)
+    analysis = list(cache) if cache is not None else cache_of(ledger)
+    if analysis is not None and len(analysis) == len(turns):
+        turns = [TurnEntry(t.turn, t.cost, c) for t, c in zip(turns, analysis, strict=True)]
     cost = None if any(t.cost is None for t in turns) else sum((t.cost.cost_usd for t in turns if t.cost), Decimal(0))
     return TestEntry(test_id, cassette, tuple(turns), ledger.totals(), cost, tuple(errors))
 
 
 def build_report(
-    entries: Iterable[tuple[str, str | None, Ledger]], pricer: Pricer, errors: Sequence[ReportError] = ()
+    entries: Iterable[tuple[str, str | None, Ledger] | tuple[str, str | None, Ledger, Any]],
+    pricer: Pricer,
+    errors: Sequence[ReportError] = (),
 ) -> Report:
     """Price ledgers into a report.
 
     Args:
-        entries: ``(id, cassette path, ledger)`` per test or cassette; ledgers without turns are left out.
+        entries: ``(id, cassette path, ledger)`` per test or cassette, optionally with a fourth
+            item, the turns' cache analysis as JSON; ledgers without turns are left out.
         pricer: prices every turn.
         errors: what could not be read, reported as is.
     """
     tests = []
     all_errors = list(errors)
-    for test_id, cassette, ledger in entries:
+    for item in entries:
+        test_id, cassette, ledger = item[0], item[1], item[2]
         if not ledger.turns:
             continue
-        entry = build_entry(test_id, cassette, ledger, pricer)
+        entry = build_entry(test_id, cassette, ledger, pricer, item[3] if len(item) > 3 else None)
         tests.append(entry)
         all_errors.extend(ReportError(cassette, reason, test_id if test_id != cassette else None)
                           for reason in entry.errors)
@@ -252,6 +274,10 @@ def _usd(value: Decimal | None) -> str:
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
+
+# Verdicts worth a line in the summary: money lost, or a breakpoint that does nothing.
+_WARN = frozenset({"miss_unexpected", "prefix_changed", "expired", "below_minimum"})
+_MAX_WARNINGS = 10
 
 _COLUMNS = ("turns", "input", "cache write", "cache read", "output", "hit rate", "cost USD")
 
@@ -316,12 +342,25 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
             for item in entry.turns:
                 turn = item.turn
                 kind = turn.endpoint + (" stream" if turn.stream else "")
-                turn_rows.append([str(turn.index), turn.model, kind, _int(turn.input_tokens),
+                turn_rows.append([str(turn.index), turn.model, kind,
+                                  str(item.cache["verdict"]) if item.cache else "", _int(turn.input_tokens),
                                   _int(turn.cache_creation_input_tokens), _int(turn.cache_read_input_tokens),
                                   _int(turn.output_tokens), _usd(item.cost.cost_usd if item.cost else None)])
             lines.extend("  " + line for line in _table(
-                ("turn", "model", "endpoint", "input", "cache write", "cache read", "output", "cost USD"), turn_rows,
-                text_columns=3))
+                ("turn", "model", "endpoint", "cache", "input", "cache write", "cache read", "output", "cost USD"),
+                turn_rows, text_columns=4))
+            lines.extend(f"  turn {item.turn.index}: {item.cache['reason']}" for item in entry.turns
+                         if item.cache and item.cache["verdict"] not in ("hit", "no_cache_control"))
+    warnings = [(e.id, item) for e in report.sorted_tests() for item in e.turns
+                if item.cache and item.cache["verdict"] in _WARN]
+    if warnings and not verbose:
+        lines.append("")
+        lines.append("cache:")
+        for test_id, item in warnings[:_MAX_WARNINGS]:
+            assert item.cache is not None
+            lines.append(f"  {test_id} turn {item.turn.index}: {item.cache['verdict']}: {item.cache['reason']}")
+        if len(warnings) > _MAX_WARNINGS:
+            lines.append(f"  ... and {len(warnings) - _MAX_WARNINGS} more (-v shows every turn)")
     lines.append("")
     lines.append(_source_line(report.price_source))
     lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")

@@ -285,7 +285,8 @@ def test_bad_json_file_names_the_interaction(tmp_path: Path) -> None:
     """A JSON cassette with a syntax error inside interaction 1 names it."""
     data = yaml.safe_load(our_cassette())
     text = json.dumps(data, indent=1, default=str)
-    broken = text[: text.rindex('"status": 200')]  # interaction 1's + '"status": 2 00' + text[text.rindex('"status": 200') + 13:]
+    at = text.rindex('"status": 200')  # interaction 1's (interaction 2 has 429)
+    broken = text[:at] + '"status": 2 00' + text[at + len('"status": 200'):]
     expect_error(tmp_path, broken, 1, "invalid JSON", name="broken.json")
 
 
@@ -325,7 +326,8 @@ def test_bad_gzip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("body", "why"), [
-    (b"event: message_start\ndata: {not json}\n\n", "broken SSE body: event 0 (message_start) has data that is not JSON"),
+    (b"event: message_start\ndata: {not json}\n\n",
+     "broken SSE body: event 0 (message_start) has data that is not JSON"),
     (sse(("content_block_start", {"type": "content_block_start", "index": 0,
                                   "content_block": {"type": "text", "text": ""}})),
      "broken SSE body: content_block_start before message_start"),
@@ -408,7 +410,8 @@ VALID_TEXTS = {
 
 @given(kind=st.sampled_from(sorted(VALID_TEXTS)), damage=DAMAGE)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@example(kind="ours", damage=[("flip", 0.06, "[")])
+@example(kind="ours", damage=[("flip", 0.0889, "[")])  # "https://[pi.anthropic.com": urlsplit ValueError
+@example(kind="vcrpy", damage=[("flip", 0.125, "0")])  # body mapping without "string", holding bytes
 def test_damaged_cassette_loads_or_raises_cassette_error(kind: str, damage: list[tuple[str, float, str]]) -> None:
     """A damaged cassette either loads and gives a ledger, or raises CassetteError: never another exception."""
     text = damaged(VALID_TEXTS[kind], damage)
@@ -416,7 +419,10 @@ def test_damaged_cassette_loads_or_raises_cassette_error(kind: str, damage: list
         cassette = parse_cassette(text, "damaged.yaml")
         turns_from(cassette.interactions, source="damaged.yaml")
     except CassetteError as error:
-        assert "damaged.yaml" in str(error)
+        message = str(error)
+    else:
+        return
+    assert "damaged.yaml" in message
 
 
 # -------------------------------------------------------------------------------- (c) real recordings
@@ -465,8 +471,7 @@ def test_real_recording_ledger_matches_response_usage(path: Path) -> None:
 @needs_real
 def test_real_prompt_caching_write_then_read() -> None:
     """The documented prompt-caching recordings write the prefix on turn 1 and read it on turn 2."""
-    folder = REAL.joinpath(*"openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes".split("/"),
-                           "test_prompt_caching")
+    folder = REAL / "openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes/test_prompt_caching"
     files = sorted(folder.glob("*.yaml"))
     assert len(files) == 12
     for path in files:

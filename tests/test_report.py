@@ -153,9 +153,10 @@ def test_verbose_adds_per_turn_tables_and_markdown_goes_to_the_job_summary(
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "test_support_agent.py::test_refund_ticket  (cassettes/test_support_agent/test_refund_ticket.yaml)",
-        "  turn  model             endpoint  input  cache write  cache read  output   cost USD",
-        "  0     claude-opus-5     messages     33        4,845           0      20  $0.030946",
-        "  1     claude-haiku-4-5  messages      0        5,041           0      15  $0.006376",
+        "  turn  model             endpoint  cache  input  cache write  cache read  output   cost USD",
+        "  0     claude-opus-5     messages  write     33        4,845           0      20  $0.030946",
+        "  1     claude-haiku-4-5  messages  write      0        5,041           0      15  $0.006376",
+        "  2     claude-haiku-4-5  messages  hit        0          109       5,041      15  $0.000715",
     ])
     markdown = (pytester.path / "report.md").read_text()
     assert "| `test_support_agent.py::test_refund_ticket` | 4 | 33 | 10,067 | 10,191 | 68 | 50.2% | $0.038733 |" in markdown

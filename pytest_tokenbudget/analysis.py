@@ -1,0 +1,641 @@
+"""Cache analysis: is each turn's prefix byte-stable, what should the cache have done, and why it missed.
+
+For every turn of a ledger, in order:
+
+1. its prompt is flattened into the cache prefix (:func:`pytest_tokenbudget.prefix.layout_of`);
+2. the prefix is compared with the prefix of the previous turn of the same model (the cache is
+   per model); where it does not extend it, the first difference is named: level, JSON path,
+   character offset, before/after excerpts, and a guessed cause;
+3. the cache model (:mod:`pytest_tokenbudget.cache_model`) replays the request at its recorded
+   time and predicts its cache reads and writes. Token counts for a prefix come from the
+   recording: the turn's own total input anchors the end of the prompt, and what earlier turns
+   reported for the same prefix (same fingerprint) anchors its breakpoints; between anchors the
+   count is estimated from characters, and marked as an estimate;
+4. prediction and recording are compared into a one-word verdict with a one-line reason, and,
+   where the API gave its own ``diagnostics.cache_miss_reason``, the two are set side by side.
+
+After each turn the model's cache is corrected to what the recording shows happened, so one
+surprise does not cascade into the verdicts of the turns after it.
+
+Verdicts: ``hit``, ``write``, ``miss_expected``, ``miss_unexpected``, ``below_minimum``,
+``expired``, ``prefix_changed``, ``warm_from_outside``, ``no_cache_control``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
+from .prefix import TTL_SECONDS, Breakpoint, Difference, PromptLayout, first_difference, layout_of
+from .ledger import Ledger, Turn
+
+__all__ = ["VERDICTS", "BreakpointInfo", "CacheAnalysis", "Divergence", "TurnCache", "analyze"]
+
+VERDICTS = (
+    "hit",
+    "write",
+    "miss_expected",
+    "miss_unexpected",
+    "below_minimum",
+    "expired",
+    "prefix_changed",
+    "warm_from_outside",
+    "no_cache_control",
+)
+
+_API_LEVEL = {"model": "model_changed", "tools": "tools_changed", "system": "system_changed",
+              "messages": "messages_changed", "settings": "messages_changed"}
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}|\b\d{1,2}:\d{2}(:\d{2})?\b|\b1[6-9]\d{8}(\d{3})?\b")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Where a turn's prefix stops extending the previous turn's.
+
+    Attributes:
+        turn: the turn whose prefix changed.
+        previous_turn: the turn it was compared with.
+        level: ``model``, ``tools``, ``system``, ``messages`` or ``settings``.
+        block: index of the first differing block.
+        difference: path, offset and excerpts (``None`` when only a setting differs).
+        cause: a guess at why (``a timestamp``, ``a UUID``...), if one fits.
+        tokens_lost: tokens of the previous prefix from the divergence on (the part the cache
+            cannot reuse), when known.
+    """
+
+    turn: int
+    previous_turn: int
+    level: str
+    block: int
+    difference: Difference | None
+    cause: str | None
+    tokens_lost: int | None = None
+
+    @property
+    def api_level(self) -> str:
+        """The level in the API's own words: ``tools_changed``, ``system_changed``..."""
+        return _API_LEVEL[self.level]
+
+    def describe(self) -> str:
+        """One line: turn, level, path, offset, excerpts, cause."""
+        where = self.difference.describe() if self.difference else f"{self.level} settings changed"
+        cause = f" (likely {self.cause})" if self.cause else ""
+        return f"turn {self.turn}: prefix differs from turn {self.previous_turn} at {where}{cause}"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakpointInfo:
+    """A breakpoint of one turn, with what is known of its prefix."""
+
+    level: str
+    path: str
+    ttl: str
+    fingerprint: str
+    automatic: bool
+    tokens: int | None
+    tokens_estimated: bool
+    below_minimum: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (``turns[].cache.breakpoints[]``)."""
+        return {"level": self.level, "path": self.path, "ttl": self.ttl, "fingerprint": self.fingerprint,
+                "automatic": self.automatic, "tokens": self.tokens, "tokens_estimated": self.tokens_estimated,
+                "below_minimum": self.below_minimum}
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCache:
+    """The cache analysis of one turn."""
+
+    turn: int
+    verdict: str
+    reason: str
+    breakpoints: tuple[BreakpointInfo, ...]
+    predicted_read: int | None
+    predicted_write: int | None
+    predicted_estimated: bool
+    recorded_read: int
+    recorded_write: int
+    divergence: Divergence | None = None
+    api_reason: str | None = None
+    agrees_with_api: bool | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def level(self) -> str | None:
+        """For a changed prefix, the level in the API's words."""
+        return self.divergence.api_level if self.divergence and self.verdict == "prefix_changed" else None
+
+    @property
+    def matches_recording(self) -> bool:
+        """Whether the predicted reads and writes equal the recorded ones (within 5% for estimates)."""
+        if self.predicted_read is None or self.predicted_write is None:
+            return False
+        return _close(self.predicted_read, self.recorded_read, self.predicted_estimated) and _close(
+            self.predicted_write, self.recorded_write, self.predicted_estimated)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (``turns[].cache``)."""
+        out: dict[str, Any] = {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "breakpoints": [b.as_dict() for b in self.breakpoints],
+            "predicted": {
+                "cache_read_input_tokens": self.predicted_read,
+                "cache_creation_input_tokens": self.predicted_write,
+                "estimated": self.predicted_estimated,
+            },
+            "level": self.level,
+        }
+        if self.divergence is not None:
+            difference = self.divergence.difference
+            out["divergence"] = {
+                "previous_turn": self.divergence.previous_turn,
+                "level": self.divergence.level,
+                "path": difference.path if difference else None,
+                "offset": difference.offset if difference else None,
+                "before": difference.before if difference else None,
+                "after": difference.after if difference else None,
+                "cause": self.divergence.cause,
+                "tokens_lost": self.divergence.tokens_lost,
+            }
+        if self.api_reason is not None or self.agrees_with_api is not None:
+            out["api"] = {"cache_miss_reason": self.api_reason, "agrees": self.agrees_with_api}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def _close(predicted: int, recorded: int, estimated: bool) -> bool:
+    if not estimated:
+        return predicted == recorded
+    return abs(predicted - recorded) <= max(2, _TOLERANCE * max(predicted, recorded))
+
+
+@dataclass
+class CacheAnalysis:
+    """The analysis of every turn of a ledger."""
+
+    turns: list[TurnCache] = field(default_factory=list)
+    divergences: list[Divergence] = field(default_factory=list)
+
+    @property
+    def prefix_stable(self) -> bool:
+        """No turn's prefix departs from its predecessor's."""
+        return not self.divergences
+
+    def verdict_lines(self) -> list[str]:
+        """One line per turn: ``turn N  verdict  reason``."""
+        return [f"turn {t.turn:<3} {t.verdict:<17} {t.reason}" for t in self.turns]
+
+    def by_turn(self, index: int) -> TurnCache:
+        """The analysis of the turn with this ledger index."""
+        return next(t for t in self.turns if t.turn == index)
+
+
+# --------------------------------------------------------------------------------------------
+# prefix comparison
+
+
+def _settings_block_index(layout: PromptLayout, level: str) -> int:
+    return layout.level_start(level)  # type: ignore[arg-type]
+
+
+def prefix_divergence(previous: PromptLayout, current: PromptLayout) -> tuple[str, int, Difference | None] | None:
+    """Where ``current``'s prefix first stops extending ``previous``'s (level, block, difference).
+
+    ``None`` when ``current`` starts with every block of ``previous``, under the same settings.
+    """
+    if previous.model != current.model:
+        return "model", 0, Difference("model", None, repr(previous.model), repr(current.model), "changed")
+    if previous.settings["system"] != current.settings["system"]:
+        level_start = _settings_block_index(current, "system")
+        return "model", level_start, _settings_difference("speed", previous.settings["system"],
+                                                          current.settings["system"])
+    limit = min(len(previous.blocks), len(current.blocks))
+    first = next((i for i in range(limit) if previous.chain[i] != current.chain[i]), None)
+    messages_start = min(_settings_block_index(previous, "messages"), _settings_block_index(current, "messages"))
+    if previous.settings["messages"] != current.settings["messages"] and (first is None or first >= messages_start):
+        key = next(k for k in current.settings["messages"]
+                   if previous.settings["messages"].get(k) != current.settings["messages"].get(k))
+        if key != "images" or first is None:
+            return "settings", messages_start, _settings_difference(key, previous.settings["messages"],
+                                                                     current.settings["messages"])
+    if first is None:
+        if len(current.blocks) >= len(previous.blocks):
+            return None
+        gone = previous.blocks[len(current.blocks)]
+        return gone.level, gone.index, Difference(gone.path, None, "(block)", "", "removed")
+    old, new = previous.blocks[first], current.blocks[first]
+    if old.canonical == new.canonical:
+        # Same block, different history before it: only a setting of its level differs.
+        return new.level, first, None
+    inner = first_difference(old.source, new.source)
+    if inner is None:  # differs by role only (the block starts another message)
+        difference = Difference(new.path.split(".content")[0] + ".role", None, "", "", "changed")
+    else:
+        path = new.path if inner.path == "$" else new.path + ("" if inner.path.startswith("[") else ".") + inner.path
+        difference = Difference(path, inner.offset, inner.before, inner.after, inner.kind)
+    return new.level, first, difference
+
+
+def _settings_difference(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Difference:
+    return Difference(key, None, repr(old.get(key)), repr(new.get(key)), "changed")
+
+
+def _guess_cause(level: str, difference: Difference | None, previous: PromptLayout, current: PromptLayout,
+                 block: int) -> str | None:
+    if difference is None:
+        return None
+    if level == "settings" or level == "model":
+        return f"{difference.path} changed"
+    if difference.kind == "reordered":
+        return "JSON key order changed (an object re-serialised or rebuilt)"
+    if level == "tools":
+        old = sorted(b.canonical for b in previous.blocks if b.level == "tools")
+        new = sorted(b.canonical for b in current.blocks if b.level == "tools")
+        if old == new:
+            return "the tool list was reordered (built from a set or a dict?)"
+        if "input_schema" in difference.path:
+            return "a tool schema changed"
+    text = difference.before + " " + difference.after
+    if _UUID.search(difference.after) and _UUID.search(difference.before):
+        return "a UUID or random id in the prompt"
+    if _TIMESTAMP.search(difference.after) or (_TIMESTAMP.search(text) and difference.offset is not None):
+        return "a timestamp or date in the prompt"
+    if block < len(previous.blocks) and previous.blocks[block].kind in ("thinking", "redacted_thinking"):
+        return "a thinking block was stripped from an earlier assistant turn"
+    if difference.kind == "removed" and level == "messages":
+        return "earlier messages were removed or trimmed"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# token anchors
+
+
+class _Tokens:
+    """What the recording says about prefix token counts.
+
+    ``known`` maps a prefix fingerprint to the tokens the API reported for it (a read, or a
+    read plus a write). ``tail`` holds, per model, the input tokens that follow the last block
+    (the API counts a few tokens outside the blocks: 4 in the real Sonnet 3.5 recordings), learnt
+    from a turn whose breakpoint sat on its last block.
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+        self.tail: dict[str, int] = {}
+
+    def cumulative(self, layout: PromptLayout, total: int) -> tuple[list[int], list[bool]]:
+        """Cumulative tokens per block and, per block, whether the count is an estimate."""
+        blocks = layout.blocks
+        if not blocks:
+            return [], []
+        chars: list[int] = []
+        running = 0
+        for block in blocks:
+            running += max(1, len(block.canonical))
+            chars.append(running)
+        anchors: list[tuple[int, int]] = [(-1, 0)]
+        for i in range(len(blocks)):
+            value = self.known.get(layout.chain[i])
+            if value is not None and anchors[-1][1] <= value <= total:
+                anchors.append((i, value))
+        last = len(blocks) - 1
+        end_known = anchors[-1][0] == last
+        if not end_known:
+            tail = self.tail.get(layout.model)
+            anchors.append((last, max(anchors[-1][1], total - (tail or 0))))
+        cumulative = [0] * len(blocks)
+        estimated = [True] * len(blocks)
+        for (left, left_tokens), (right, right_tokens) in zip(anchors, anchors[1:], strict=False):
+            left_chars = chars[left] if left >= 0 else 0
+            span_chars = chars[right] - left_chars
+            for i in range(left + 1, right + 1):
+                share = (chars[i] - left_chars) / span_chars if span_chars else 1.0
+                cumulative[i] = left_tokens + round((right_tokens - left_tokens) * share)
+            estimated[right] = False
+        if not end_known and layout.model not in self.tail:
+            estimated[last] = True
+        return cumulative, estimated
+
+    def learn_tail(self, layout: PromptLayout, total: int, cached_to_end: int) -> None:
+        """Learn the model's tail from a turn whose cache covered its last block."""
+        tail = total - cached_to_end
+        if 0 <= tail <= 64:
+            self.tail[layout.model] = tail
+
+
+# --------------------------------------------------------------------------------------------
+# the analysis
+
+
+def analyze(ledger: Ledger | Sequence[Turn]) -> CacheAnalysis:
+    """Analyse the cache behaviour of every turn (see the module docstring).
+
+    Args:
+        ledger: a ledger, or its turns in order.
+    """
+    turns = ledger.turns if isinstance(ledger, Ledger) else list(ledger)
+    analysis = CacheAnalysis()
+    store = CacheStore()
+    tokens = _Tokens()
+    previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]] = {}
+    last_time: dict[str, float] = {}
+    for turn in turns:
+        request = turn.request if isinstance(turn.request, Mapping) else None
+        if request is None or not isinstance(request.get("messages"), list):
+            analysis.turns.append(TurnCache(turn.index, "miss_expected", "request body not available",
+                                            (), None, None, True, turn.cache_read_input_tokens,
+                                            turn.cache_creation_input_tokens))
+            continue
+        body = dict(request)
+        body.setdefault("model", turn.requested_model or turn.model)
+        layout = layout_of(body)
+        result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time)
+        analysis.turns.append(result)
+        if result.divergence is not None:
+            analysis.divergences.append(result.divergence)
+    _flag_unread_breakpoints(analysis, turns)
+    return analysis
+
+
+def _flag_unread_breakpoints(analysis: CacheAnalysis, turns: Sequence[Turn]) -> None:
+    """Note breakpoints that write on every turn yet are never read by a later one.
+
+    Such a breakpoint sits on content that changes each turn (a timestamp, a counter) or too far
+    from the next turn's breakpoints: it costs the write premium and saves nothing.
+    """
+    read: set[str] = set()
+    seen_paths: dict[str, list[int]] = {}
+    for position, result in enumerate(analysis.turns):
+        for info in result.breakpoints:
+            seen_paths.setdefault(info.path, []).append(position)
+        if result.verdict == "hit":
+            read.update(info.fingerprint for info in result.breakpoints)
+    fingerprints_by_path: dict[str, set[str]] = {}
+    for result in analysis.turns:
+        for info in result.breakpoints:
+            fingerprints_by_path.setdefault(info.path, set()).add(info.fingerprint)
+    for path, positions in seen_paths.items():
+        fingerprints = fingerprints_by_path[path]
+        if len(positions) >= 3 and len(fingerprints) == len(positions) and not (fingerprints & read):
+            for position in positions:
+                result = analysis.turns[position]
+                note = (f"breakpoint at {path} changes every turn ({len(positions)} turns, "
+                        f"{len(fingerprints)} different prefixes): it writes and is never read")
+                analysis.turns[position] = TurnCache(**{**_fields(result), "notes": (*result.notes, note)})
+
+
+def _fields(result: TurnCache) -> dict[str, Any]:
+    return {name: getattr(result, name) for name in TurnCache.__slots__}
+
+
+def _analyse_turn(
+    turn: Turn,
+    layout: PromptLayout,
+    store: CacheStore,
+    tokens: _Tokens,
+    previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]],
+    last_time: dict[str, float],
+) -> TurnCache:
+    model_key = layout.model
+    total = turn.total_input_tokens
+    cumulative, estimated = tokens.cumulative(layout, total)
+    minimum, minimum_sure = minimum_cacheable(layout.model)
+    now = turn.recorded_at if turn.recorded_at is not None else last_time.get(model_key, 0.0) + 1.0
+    notes: list[str] = []
+    if not minimum_sure:
+        notes.append(f"UNSURE: minimum cacheable length of {layout.model} taken as {minimum:,}")
+    if turn.recorded_at is None:
+        notes.append("no recorded time: TTLs judged as if turns were 1 s apart")
+
+    divergence = None
+    previous = previous_by_model.get(model_key)
+    if previous is not None:
+        found = prefix_divergence(previous[1], layout)
+        if found is not None:
+            level, block, difference = found
+            prev_cum = previous[2]
+            lost = (prev_cum[-1] - (prev_cum[block - 1] if block > 0 else 0)) if prev_cum else None
+            divergence = Divergence(turn.index, previous[0], level, block, difference,
+                                    _guess_cause(level, difference, previous[1], layout, block), lost)
+    infos = tuple(
+        BreakpointInfo(p.level, p.path, p.ttl, p.fingerprint, p.automatic,
+                       cumulative[p.block] if cumulative else None,
+                       estimated[p.block] if estimated else True,
+                       bool(cumulative) and cumulative[p.block] < minimum)
+        for p in layout.breakpoints
+    )
+    recorded_read = turn.cache_read_input_tokens
+    recorded_write = turn.cache_creation_input_tokens
+    before = {fp: (e.expires_at, e.tokens) for fp, e in store.entries.items()}
+    if not layout.breakpoints:
+        previous_by_model[model_key] = (turn.index, layout, cumulative)
+        last_time[model_key] = now
+        if recorded_read or recorded_write:
+            verdict, reason = "warm_from_outside", (
+                f"no cache_control, yet the API read {recorded_read:,} and wrote {recorded_write:,} tokens "
+                "(a breakpoint the API added itself, e.g. after a server tool result?)")
+        else:
+            verdict, reason = "no_cache_control", "no cache_control on any block: nothing is cached"
+        return _finish(turn, verdict, reason, infos, 0, 0, False, divergence, notes)
+
+    outcome = simulate(layout, cumulative, store, now, minimum=minimum)
+    predicted_read = outcome.cache_read_input_tokens
+    predicted_write = outcome.cache_creation_input_tokens
+    estimate_flags = [estimated[p.block] for p in outcome.written]
+    if outcome.hit_block is not None:
+        estimate_flags.append(estimated[outcome.hit_block] and store.entries[layout.chain[outcome.hit_block]].tokens
+                              != tokens.known.get(layout.chain[outcome.hit_block]))
+    predicted_estimated = any(estimate_flags)
+
+    verdict, reason = _verdict(turn, layout, outcome, cumulative, minimum, divergence, predicted_read,
+                               recorded_read, recorded_write, before, now)
+    if verdict != "below_minimum":
+        notes.extend(f"breakpoint at {p.path} caches nothing: its prefix, {cumulative[p.block]:,} tokens, is below "
+                     f"the minimum of {minimum:,}" for p in outcome.below_minimum)
+    _learn(turn, layout, outcome, tokens, store, cumulative, minimum, now, recorded_read, recorded_write)
+    previous_by_model[model_key] = (turn.index, layout, cumulative)
+    last_time[model_key] = now
+    return _finish(turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated,
+                   divergence, notes)
+
+
+def _verdict(
+    turn: Turn,
+    layout: PromptLayout,
+    outcome: Any,
+    cumulative: Sequence[int],
+    minimum: int,
+    divergence: Divergence | None,
+    predicted_read: int,
+    recorded_read: int,
+    recorded_write: int,
+    before: Mapping[str, tuple[float, int]],
+    now: float,
+) -> tuple[str, str]:
+    hit_block = outcome.hit_block
+    if predicted_read and recorded_read:
+        where = layout.blocks[hit_block].path if hit_block is not None else "?"
+        extra = "" if recorded_read == predicted_read else f" (model expected {predicted_read:,})"
+        if divergence is not None:
+            extra += f"; the rest was not reusable: {divergence.api_level}: {_short(divergence)}"
+        return "hit", f"read {recorded_read:,} cached tokens up to {where}{extra}"
+    if predicted_read and not recorded_read:
+        where = layout.blocks[hit_block].path if hit_block is not None else "?"
+        return "miss_unexpected", (f"expected to read {predicted_read:,} tokens cached up to {where}, "
+                                   f"but the API read none and wrote {recorded_write:,}")
+    if recorded_read:
+        return "warm_from_outside", (f"read {recorded_read:,} tokens no earlier turn of this recording wrote: "
+                                     "the cache was warm from outside (an earlier run or another process)")
+    # Neither predicted nor recorded a read.
+    if divergence is not None and _divergence_matters(divergence, layout, before, now):
+        lost = f"; {divergence.tokens_lost:,} cached tokens cannot be reused" if divergence.tokens_lost else ""
+        return "prefix_changed", f"{divergence.api_level}: {_short(divergence)}{lost}"
+    if outcome.hit_expired:
+        gap = _expired_gap(layout, before, now)
+        return "expired", f"the cached prefix expired before this turn{gap}; rewrote {recorded_write:,} tokens"
+    if not outcome.written and outcome.below_minimum:
+        point = outcome.below_minimum[-1]
+        return "below_minimum", (f"breakpoint at {point.path} caches nothing: its prefix, "
+                                 f"{cumulative[point.block]:,} tokens, is below {layout.model}'s minimum of "
+                                 f"{minimum:,}")
+    if recorded_write:
+        points = ", ".join(f"{p.path} ({p.ttl})" for p in outcome.written) or "its breakpoints"
+        return "write", f"first write: {recorded_write:,} tokens cached at {points}"
+    if outcome.written:
+        return "miss_unexpected", (f"expected to write {outcome.cache_creation_input_tokens:,} tokens at "
+                                   f"{outcome.written[-1].path}, but the API wrote none")
+    return "miss_expected", "nothing cached to read, nothing to write"
+
+
+def _divergence_matters(divergence: Divergence, layout: PromptLayout, before: Mapping[str, tuple[float, int]],
+                        now: float) -> bool:
+    # The change matters when the previous turn left a live entry the lookback could have reached.
+    return any(expires > now for expires, _tokens in before.values())
+
+
+def _expired_gap(layout: PromptLayout, before: Mapping[str, tuple[float, int]], now: float) -> str:
+    for point in reversed(layout.breakpoints):
+        for pos in range(point.block, max(-1, point.block - LOOKBACK_BLOCKS), -1):
+            entry = before.get(layout.chain[pos])
+            if entry is not None and entry[0] <= now:
+                return f" (it expired {now - entry[0]:,.0f} s before the turn started)"
+    return ""
+
+
+def _short(divergence: Divergence) -> str:
+    difference = divergence.difference
+    if difference is None:
+        return f"{divergence.level} settings changed since turn {divergence.previous_turn}"
+    cause = f", likely {divergence.cause}" if divergence.cause else ""
+    return f"{difference.describe()} (since turn {divergence.previous_turn}{cause})"
+
+
+def _learn(
+    turn: Turn,
+    layout: PromptLayout,
+    outcome: Any,
+    tokens: _Tokens,
+    store: CacheStore,
+    cumulative: Sequence[int],
+    minimum: int,
+    now: float,
+    recorded_read: int,
+    recorded_write: int,
+) -> None:
+    """Record what the turn reveals about prefix tokens, and make the store match the recording."""
+    hit = outcome.hit_block
+    if recorded_read and hit is None:
+        hit = _closest_position(layout, cumulative, recorded_read)
+        ttl = next((p.ttl for p in layout.breakpoints if p.block >= hit), "5m")
+        store.entries[layout.chain[hit]] = CacheEntry(layout.chain[hit], recorded_read, ttl,
+                                                      now + TTL_SECONDS[ttl], now)
+    if recorded_read and hit is not None:
+        tokens.known[layout.chain[hit]] = recorded_read
+        store.entries[layout.chain[hit]].tokens = recorded_read
+        if hit == len(layout.blocks) - 1 and not recorded_write:
+            tokens.learn_tail(layout, turn.total_input_tokens, recorded_read)
+    if not recorded_read and outcome.hit_block is not None:
+        store.entries.pop(layout.chain[outcome.hit_block], None)
+    written: Sequence[Breakpoint] = outcome.written
+    if not recorded_write:
+        for point in written:
+            store.entries.pop(point.fingerprint, None)
+        return
+    if not written:
+        # The model wrote nothing (below its minimum?) but the API did: believe the API.
+        written = [p for p in layout.breakpoints if hit is None or p.block > hit][-1:]
+        for point in written:
+            store.entries[point.fingerprint] = CacheEntry(point.fingerprint, recorded_read + recorded_write,
+                                                          point.ttl, now + TTL_SECONDS[point.ttl], now)
+    last = written[-1]
+    tokens.known[last.fingerprint] = recorded_read + recorded_write
+    if last.block == len(layout.blocks) - 1:
+        tokens.learn_tail(layout, turn.total_input_tokens, recorded_read + recorded_write)
+    store.entries[last.fingerprint].tokens = recorded_read + recorded_write
+    one_hour = turn.cache_write_1h_tokens
+    top_1h = [p for p in written if p.ttl == "1h"]
+    if one_hour and top_1h and top_1h[-1] is not last:
+        tokens.known[top_1h[-1].fingerprint] = recorded_read + one_hour
+        store.entries[top_1h[-1].fingerprint].tokens = recorded_read + one_hour
+
+
+def _closest_position(layout: PromptLayout, cumulative: Sequence[int], target: int) -> int:
+    candidates = {pos for p in layout.breakpoints for pos in range(p.block, max(-1, p.block - LOOKBACK_BLOCKS), -1)}
+    return min(candidates, key=lambda pos: (abs(cumulative[pos] - target), -pos))
+
+
+def _finish(
+    turn: Turn,
+    verdict: str,
+    reason: str,
+    infos: tuple[BreakpointInfo, ...],
+    predicted_read: int | None,
+    predicted_write: int | None,
+    predicted_estimated: bool,
+    divergence: Divergence | None,
+    notes: list[str],
+) -> TurnCache:
+    api_reason, agrees = _api_side(turn, verdict, divergence)
+    if api_reason is not None and agrees is False:
+        notes.append(f"the API says {api_reason}, this analysis says {verdict}")
+    return TurnCache(
+        turn=turn.index,
+        verdict=verdict,
+        reason=reason,
+        breakpoints=infos,
+        predicted_read=predicted_read,
+        predicted_write=predicted_write,
+        predicted_estimated=predicted_estimated,
+        recorded_read=turn.cache_read_input_tokens,
+        recorded_write=turn.cache_creation_input_tokens,
+        divergence=divergence,
+        api_reason=api_reason,
+        agrees_with_api=agrees,
+        notes=tuple(notes),
+    )
+
+
+def _api_side(turn: Turn, verdict: str, divergence: Divergence | None) -> tuple[str | None, bool | None]:
+    """The API's cache_miss_reason type, and whether our analysis agrees with it."""
+    if not turn.has_diagnostics:
+        return None, None
+    reason = turn.cache_miss_reason
+    if turn.diagnostics is None:
+        # No divergence (or the first turn): we agree unless we found a change that matters.
+        return "null", verdict != "prefix_changed"
+    if reason is None:
+        return "pending", None
+    kind = str(reason.get("type")) if isinstance(reason, Mapping) else str(reason)
+    if kind in ("previous_message_not_found", "unavailable"):
+        return kind, None
+    ours = divergence.api_level if divergence is not None else None
+    return kind, ours == kind
