@@ -487,6 +487,9 @@ def _verdict(
         extra = "" if recorded_read == predicted_read else f" (model expected {predicted_read:,})"
         if divergence is not None:
             extra += f"; the rest was not reusable: {divergence.api_level}: {_short(divergence)}"
+        elif outcome.expired_blocks:
+            block = layout.blocks[outcome.expired_blocks[-1]]
+            extra += f"; the entry at {block.path} had expired{_expired_gap(layout, before, now)}"
         return "hit", f"read {recorded_read:,} cached tokens up to {where}{extra}"
     if predicted_read and not recorded_read:
         where = layout.blocks[hit_block].path if hit_block is not None else "?"

@@ -143,7 +143,8 @@ class CacheOutcome:
         cache_creation_1h: tokens written with a 1-hour TTL.
         input_tokens: uncached tokens after the last cache point.
         hit_block: index of the block the read ended on, if any.
-        hit_expired: an entry for the read position existed but had expired.
+        hit_expired: nothing was read, and an entry the lookback reached had expired.
+        expired_blocks: positions past the read where an entry existed but had expired.
         written: breakpoints that wrote an entry.
         below_minimum: breakpoints whose prefix was below the model's minimum.
     """
@@ -155,6 +156,7 @@ class CacheOutcome:
     input_tokens: int
     hit_block: int | None
     hit_expired: bool
+    expired_blocks: tuple[int, ...]
     written: tuple[Breakpoint, ...]
     below_minimum: tuple[Breakpoint, ...]
 
@@ -202,7 +204,7 @@ def simulate(
         minimum = minimum_cacheable(layout.model)[0]
     total = (cumulative[-1] if cumulative else 0) + extra_input_tokens
     hit: int | None = None
-    expired = False
+    expired: list[int] = []
     for point in layout.breakpoints:
         low = max(-1, point.block - LOOKBACK_BLOCKS)
         for pos in range(point.block, low, -1):
@@ -213,7 +215,7 @@ def simulate(
                 break
             old = store.entries.get(fingerprint)
             if old is not None and old.expires_at <= now:
-                expired = True
+                expired.append(pos)
     read = cumulative[hit] if hit is not None else 0
     if hit is not None:
         entry = store.entries[layout.chain[hit]]
@@ -245,7 +247,8 @@ def simulate(
         cache_creation_1h=write_1h,
         input_tokens=total - max(read, top_all),
         hit_block=hit,
-        hit_expired=expired and hit is None,
+        hit_expired=bool(expired) and hit is None,
+        expired_blocks=tuple(sorted({p for p in expired if hit is None or p > hit})),
         written=tuple(written),
         below_minimum=tuple(below),
     )

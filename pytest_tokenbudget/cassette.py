@@ -239,11 +239,14 @@ def load_cassette(path: Path | str) -> Cassette:
             and what is wrong.
     """
     path = Path(path)
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
+        head = raw[: err.start].decode("utf-8")
         raise CassetteError("cassette cannot be read", file=str(path),
-                            why=f"not UTF-8 text at byte {err.start}") from None
+                            why=_in_interaction(head, err.start, head.lstrip()[:1] in ("{", "["))
+                            + f"not UTF-8 text at byte {err.start}") from None
     return parse_cassette(text, path)
 
 

@@ -362,11 +362,14 @@ def test_bad_extends_reference(tmp_path: Path) -> None:
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    """A file that is not UTF-8 is a CassetteError naming the byte."""
+    """A file that is not UTF-8 is a CassetteError naming the interaction and the byte."""
     path = tmp_path / "latin1.yaml"
-    path.write_bytes(our_cassette().encode("utf-8") + b"\xff")
-    with pytest.raises(CassetteError, match="not UTF-8 text at byte"):
+    data = our_cassette().encode("utf-8")
+    at = data.index(b"Again")  # in interaction 1's request
+    path.write_bytes(data[:at] + b"\xff" + data[at:])
+    with pytest.raises(CassetteError, match=f"interaction 1: not UTF-8 text at byte {at}$") as caught:
         load_cassette(path)
+    assert caught.value.file == str(path)
 
 
 def test_invalid_uri_is_a_cassette_error(tmp_path: Path) -> None:

@@ -510,6 +510,19 @@ def test_automatic_cache_control_moves_forward(client: anthropic.Anthropic, emu:
     assert usage_numbers(third) == (0, 19, 1061, 19, 0, 1)
 
 
+def test_automatic_cache_control_with_1h_ttl(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
+    """Top-level cache_control with ``ttl: 1h`` writes a 1h entry that is still read 6 minutes later."""
+    system = "s" * 4099  # 1031; "Hello" 9
+
+    def send() -> Any:
+        return client.messages.create(model=MODEL, max_tokens=10, system=system, messages=HELLO,
+                                      cache_control=EPHEMERAL_1H)
+
+    assert usage_numbers(send()) == (0, 1040, 0, 0, 1040, 1)
+    emu.clock.advance(minutes=6)
+    assert usage_numbers(send()) == (0, 0, 1040, 0, 0, 1)
+
+
 def test_5m_entry_expires_after_6_minutes_but_1h_survives(client: anthropic.Anthropic,
                                                          emu: AnthropicEmulator) -> None:
     """After 6 minutes the 5m segment is written again while the 1h prefix before it is read."""
