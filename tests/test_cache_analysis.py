@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +215,32 @@ def test_api_diagnostics_side_by_side(report: dict[str, Any]) -> None:
     ]
     assert turns[2]["cache"]["level"] == "system_changed"
     assert turns[2]["diagnostics"]["cache_miss_reason"]["type"] == "system_changed"
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real-cassettes"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="the real recordings (../shared/real-cassettes) are not here")
+def test_verdicts_on_real_recordings_match_what_the_api_reported() -> None:
+    """On every turn of every real recording, the predicted cache reads and writes equal the recorded ones."""
+    from pytest_tokenbudget.cassette import iter_cassette_files, load_cassette
+    from pytest_tokenbudget.ledger import turns_from
+
+    verdicts: Counter[str] = Counter()
+    exact = estimated = 0
+    for path in iter_cassette_files([REAL]):
+        for result in turns_from(load_cassette(path).interactions).cache_analysis().turns:
+            verdicts[result.verdict] += 1
+            assert result.matches_recording, (path.name, result)
+            if result.breakpoints:
+                exact += not result.predicted_estimated
+                estimated += result.predicted_estimated
+    assert verdicts == {"no_cache_control": 66, "write": 12, "hit": 12}
+    # First writes are estimates (the few tokens the API counts after the last block are learnt
+    # from that very turn); every read is predicted exactly from the turn that wrote it.
+    assert (exact, estimated) == (12, 12)
+    prompt_caching = REAL / "openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes/test_prompt_caching"
+    for path in iter_cassette_files([prompt_caching]):
+        results = turns_from(load_cassette(path).interactions).cache_analysis().turns
+        assert [r.verdict for r in results] == ["write", "hit"], path.name
+        assert results[1].predicted_read == results[1].recorded_read == results[0].recorded_write
