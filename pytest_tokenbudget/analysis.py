@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
-from .prefix import TTL_SECONDS, Breakpoint, Difference, PromptLayout, first_difference, layout_of
+from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
 from .ledger import Ledger, Turn
 
 __all__ = ["VERDICTS", "BreakpointInfo", "CacheAnalysis", "Divergence", "TurnCache", "analyze"]
@@ -348,6 +348,7 @@ def analyze(ledger: Ledger | Sequence[Turn]) -> CacheAnalysis:
     tokens = _Tokens()
     previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]] = {}
     last_time: dict[str, float] = {}
+    memo = LayoutMemo()
     for turn in turns:
         request = turn.request if isinstance(turn.request, Mapping) else None
         if request is None or not isinstance(request.get("messages"), list):
@@ -357,7 +358,7 @@ def analyze(ledger: Ledger | Sequence[Turn]) -> CacheAnalysis:
             continue
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
-        layout = layout_of(body)
+        layout = layout_of(body, memo)
         result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time)
         analysis.turns.append(result)
         if result.divergence is not None:

@@ -96,26 +96,87 @@ def _encode(value: Any, style: str) -> bytes:
 _UNSET: Any = object()
 
 
+class _Encoder:
+    """Encodes request bodies of one cassette, reusing the bytes of values they share.
+
+    An agent's turn k+1 re-sends turn k's messages; in memory (see :func:`apply_ops`) those are
+    the very same objects. Encoding each top-level value and each item of a top-level list once,
+    keyed by identity, makes rebuilding every body's bytes cost what is new in it plus a copy,
+    instead of a full re-serialisation per turn. The output equals ``json.dumps`` byte for byte.
+    """
+
+    __slots__ = ("_ascii", "_item", "_key", "_memo", "_separators")
+
+    def __init__(self, style: str) -> None:
+        self._separators, self._ascii = _STYLES[style]
+        self._item = self._separators[0].encode("ascii")
+        self._key = self._separators[1].encode("ascii")
+        self._memo: dict[int, tuple[Any, bytes]] = {}
+
+    def _dumps(self, value: Any) -> bytes:
+        return json.dumps(value, separators=self._separators, ensure_ascii=self._ascii).encode("utf-8")
+
+    def _value(self, value: Any) -> bytes:
+        if not isinstance(value, dict | list):
+            return self._dumps(value)
+        hit = self._memo.get(id(value))
+        if hit is not None:
+            return hit[1]
+        encoded = self._dumps(value)
+        # The value is kept with its bytes, so its id cannot be reused by another object.
+        self._memo[id(value)] = (value, encoded)
+        return encoded
+
+    def encode(self, value: Any) -> bytes:
+        """``json.dumps(value)`` in this style, with shared parts encoded once."""
+        if not isinstance(value, dict):
+            return self._value(value)
+        parts = [b"{"]
+        for number, (key, item) in enumerate(value.items()):
+            if number:
+                parts.append(self._item)
+            parts.append(self._dumps(key))
+            parts.append(self._key)
+            if isinstance(item, list):
+                parts.append(b"[" + self._item.join(self._value(x) for x in item) + b"]")
+            else:
+                parts.append(self._value(item))
+        parts.append(b"}")
+        return b"".join(parts)
+
+
 class Body:
     """An HTTP body: its exact bytes, and its parsed JSON on demand.
 
     Bodies read from our format start as parsed JSON plus the encoding that rebuilds their bytes;
-    bodies read from vcrpy cassettes start as bytes. Either side is computed once, when asked.
+    bodies read from vcrpy cassettes start as bytes. Parsed JSON is kept once computed; bytes
+    rebuilt from JSON are not kept (an agent's bodies repeat the transcript, so keeping them
+    all would cost memory quadratic in the run's length): they are rebuilt with a shared
+    :class:`_Encoder` when asked.
     """
 
-    __slots__ = ("_json", "_raw", "_style")
+    __slots__ = ("_encoder", "_json", "_raw", "_style")
 
-    def __init__(self, raw: bytes | None = None, *, json_value: Any = _UNSET, style: str = "compact") -> None:
+    def __init__(
+        self, raw: bytes | None = None, *, json_value: Any = _UNSET, style: str = "compact",
+        encoder: _Encoder | None = None,
+    ) -> None:
         self._raw = raw
         self._json = json_value
         self._style = style
+        self._encoder = encoder
 
     @property
     def raw(self) -> bytes:
         """The exact bytes."""
-        if self._raw is None:
-            self._raw = b"" if self._json is _UNSET else _encode(self._json, self._style)
-        return self._raw
+        if self._raw is not None:
+            return self._raw
+        if self._json is _UNSET:
+            return b""
+        if self._encoder is None:
+            self._raw = _encode(self._json, self._style)
+            return self._raw
+        return self._encoder.encode(self._json)
 
     def json(self) -> Any:
         """The parsed JSON value; raises ``ValueError`` when the body is not JSON."""
@@ -476,6 +537,7 @@ def _body_value(body: Any, path: Path, index: int, what: str) -> Any:
 
 def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
     out: list[Interaction] = []
+    encoders: dict[str, _Encoder] = {}
     for index, item in enumerate(items):
         item = _as_mapping(item, path, index, "the interaction")
         request = _as_mapping(item.get("request"), path, index, "'request'")
@@ -487,8 +549,8 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
         status = response.get("status")
         if not isinstance(status, int):
             raise _fail(path, index, f"response status {status!r} is not a number")
-        request_body = _read_body(request.get("body"), out, path, index, "request")
-        response_body = _read_body(response.get("body"), out, path, index, "response")
+        request_body = _read_body(request.get("body"), out, path, index, "request", encoders)
+        response_body = _read_body(response.get("body"), out, path, index, "response", None)
         headers = _header_values(request.get("headers"), path, index)
         out.append(Interaction(
             index=index,
@@ -505,7 +567,10 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
     return out
 
 
-def _read_body(spec: Any, earlier: Sequence[Interaction], path: Path, index: int, side: str) -> Body:
+def _read_body(
+    spec: Any, earlier: Sequence[Interaction], path: Path, index: int, side: str,
+    encoders: dict[str, _Encoder] | None,
+) -> Body:
     if spec is None:
         return Body(b"")
     if not isinstance(spec, dict):
@@ -513,8 +578,9 @@ def _read_body(spec: Any, earlier: Sequence[Interaction], path: Path, index: int
     style = spec.get("encoding", "compact")
     if style not in _STYLES:
         raise _fail(path, index, f"{side} body has unknown encoding {style!r}")
+    encoder = encoders.setdefault(style, _Encoder(style)) if encoders is not None else None
     if "json" in spec:
-        return Body(json_value=spec["json"], style=style)
+        return Body(json_value=spec["json"], style=style, encoder=encoder)
     if "text" in spec:
         if not isinstance(spec["text"], str):
             raise _fail(path, index, f"{side} body 'text' is not text")
@@ -536,7 +602,7 @@ def _read_body(spec: Any, earlier: Sequence[Interaction], path: Path, index: int
             value = apply_ops(base, spec.get("ops") or [])
         except (KeyError, IndexError, TypeError, ValueError) as err:
             raise _fail(path, index, f"{side} body: cannot apply its ops to interaction {base_index}: {err}") from None
-        return Body(json_value=value, style=style)
+        return Body(json_value=value, style=style, encoder=encoder)
     raise _fail(path, index, f"{side} body has none of json, text, base64, extends")
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 __all__ = [
     "Block",
+    "LayoutMemo",
     "Breakpoint",
     "Difference",
     "PromptLayout",
@@ -212,89 +213,110 @@ def _normalised_settings(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _raw_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool]]:
-    """(level, path, block, role-if-first-block-of-a-message, explicit-markable) in prefix order."""
+def _raw_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
+    """(level, path, block, role-if-first-block-of-a-message, explicit-markable, identity) in prefix order.
+
+    ``identity`` is the object a block comes from (the string itself for string content), used
+    by :class:`LayoutMemo` to recognise a block already seen in an earlier request.
+    """
     tools = body.get("tools")
     if isinstance(tools, list):
         for i, tool in enumerate(tools):
-            yield "tools", f"tools[{i}]", tool, None, True
+            yield "tools", f"tools[{i}]", tool, None, True, tool
     system = body.get("system")
     if isinstance(system, str):
         if system:
-            yield "system", "system", {"type": "text", "text": system}, None, False
+            yield "system", "system", {"type": "text", "text": system}, None, False, system
     elif isinstance(system, list):
         for i, block in enumerate(system):
-            yield "system", f"system[{i}]", block, None, True
+            yield "system", f"system[{i}]", block, None, True, block
     messages = body.get("messages")
     if isinstance(messages, list):
         for m, message in enumerate(messages):
             if not isinstance(message, dict):
-                yield "messages", f"messages[{m}]", message, "?", False
+                yield "messages", f"messages[{m}]", message, "?", False, message
                 continue
             role = str(message.get("role"))
             content = message.get("content")
             if isinstance(content, str):
-                yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False
+                yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False, content
             elif isinstance(content, list):
                 for c, block in enumerate(content):
-                    yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True
+                    yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True, block
 
 
 def _is_empty_text(block: Any) -> bool:
     return isinstance(block, dict) and block.get("type") == "text" and not block.get("text")
 
 
-def layout_of(body: Mapping[str, Any]) -> PromptLayout:
+class LayoutMemo:
+    """Work shared by the layouts of one run's requests.
+
+    Turn k+1 of an agent re-sends turn k's blocks, often as the very same objects (replayed
+    cassettes share them). The memo keeps each block's canonical form, keyed by the identity of
+    the object it came from, and, per model, the hash states of the last layout, so a layout
+    costs what is new in it rather than the whole transcript again.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[Any, ...], tuple[Any, Block, bytes, int]] = {}
+        self._last: dict[str, tuple[list[bytes], list[Any], list[str], list[int]]] = {}
+
+    def block(self, key: tuple[Any, ...], anchor: Any, build: Any) -> tuple[Block, bytes, int]:
+        hit = self._blocks.get(key)
+        if hit is None or hit[0] is not anchor:
+            block, chunk, images = build()
+            # The anchor is kept alive with the entry, so its id cannot be reused.
+            self._blocks[key] = (anchor, block, chunk, images)
+            return block, chunk, images
+        return hit[1], hit[2], hit[3]
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + len(payload).to_bytes(8, "big") + payload
+
+
+def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> PromptLayout:
     """Flatten a Messages (or count_tokens) request body into its cache prefix.
 
     Args:
         body: the parsed JSON request body.
+        memo: reuse work across the requests of one run (optional; results are the same).
 
     Returns:
         The layout: blocks, fingerprint chain, breakpoints and what the API would reject.
     """
     settings = _normalised_settings(body)
     problems: list[str] = []
-    blocks: list[Block] = []
-    chain: list[str] = []
-    state = hashlib.sha256(_FORMAT)
+    memo = memo if memo is not None else LayoutMemo()
+    entries: list[tuple[Block, bytes, int]] = []
+    for index, (level, path, block, role, explicit, anchor) in enumerate(_raw_blocks(body)):
+
+        def build(level: Level = level, path: str = path, block: Any = block, role: str | None = role,
+                  explicit: bool = explicit, index: int = index) -> tuple[Block, bytes, int]:
+            return _make_block(index, level, path, block, role, explicit)
+
+        entries.append(memo.block((id(anchor), index, path, role, explicit), anchor, build))
+    settings["messages"]["images"] = sum(images for _block, _chunk_, images in entries)
+    # The stream hashed: each level's settings where the level starts, then each block.
+    stream: list[bytes] = []
+    ends: list[int] = []
     current: Level | None = None
-    raw = list(_raw_blocks(body))
-    digested = [_digest_media(item[2]) for item in raw]
-    image_count_total = sum(images for _canon, images in digested)
-    settings["messages"]["images"] = image_count_total
-    for index, ((level, path, block, role, explicit), (canon, images)) in enumerate(zip(raw, digested)):
-        while current != level:
+    for block, chunk, _images in entries:
+        while current != block.level:
             # Fold the settings of each level reached, including empty levels skipped over.
             current = LEVELS[0] if current is None else LEVELS[LEVELS.index(current) + 1]
-            seed = _dumps({"level": current, **settings[current]}).encode("utf-8")
-            state.update(b"\x01" + len(seed).to_bytes(8, "big") + seed)
-        head = f"{role}\x00" if role is not None else ""
-        canonical = (head + _dumps(canon)).encode("utf-8")
-        state.update(b"\x02" + len(canonical).to_bytes(8, "big") + canonical)
-        kind = "tool" if level == "tools" else str(block.get("type") if isinstance(block, dict) else "?")
-        ttl = _ttl_of(block) if explicit else None
-        markable = kind not in _UNMARKABLE and not _is_empty_text(block)
-        if ttl is not None and not markable:
-            if _is_empty_text(block):  # the API's wording (facts section 2)
-                problems.append(f"{path}: cache_control cannot be set for empty text blocks")
+            stream.append(_chunk(b"\x01", _dumps({"level": current, **settings[current]}).encode("utf-8")))
+        stream.append(chunk)
+        ends.append(len(stream))
+    chain = _chain(memo, str(body.get("model", "")), stream, ends)
+    blocks = [block for block, _chunk_, _images in entries]
+    for block in blocks:
+        if block.ttl is not None and not block.markable:
+            if _is_empty_text(block.source):  # the API's wording (facts section 2)
+                problems.append(f"{block.path}: cache_control cannot be set for empty text blocks")
             else:
-                problems.append(f"{path}: cache_control cannot be set on a {kind} block")
-        blocks.append(
-            Block(
-                index=index,
-                level=level,
-                path=path,
-                kind=kind,
-                canonical=canonical,
-                ttl=ttl,
-                markable=markable,
-                images=images,
-                chars=_text_chars(canon) if images == 0 else _text_chars(_strip_media(canon)),
-                source=block,
-            )
-        )
-        chain.append(state.copy().hexdigest()[:32])
+                problems.append(f"{block.path}: cache_control cannot be set on a {block.kind} block")
     breakpoints = _breakpoints(body, blocks, chain, problems)
     return PromptLayout(
         model=str(body.get("model", "")),
@@ -304,6 +326,50 @@ def layout_of(body: Mapping[str, Any]) -> PromptLayout:
         settings=settings,
         problems=tuple(problems),
     )
+
+
+def _make_block(index: int, level: Level, path: str, block: Any, role: str | None,
+                explicit: bool) -> tuple[Block, bytes, int]:
+    canon, images = _digest_media(block)
+    head = f"{role}\x00" if role is not None else ""
+    canonical = (head + _dumps(canon)).encode("utf-8")
+    kind = "tool" if level == "tools" else str(block.get("type") if isinstance(block, dict) else "?")
+    made = Block(
+        index=index,
+        level=level,
+        path=path,
+        kind=kind,
+        canonical=canonical,
+        ttl=_ttl_of(block) if explicit else None,
+        markable=kind not in _UNMARKABLE and not _is_empty_text(block),
+        images=images,
+        chars=_text_chars(canon) if images == 0 else _text_chars(_strip_media(canon)),
+        source=block,
+    )
+    return made, _chunk(b"\x02", canonical), images
+
+
+def _chain(memo: LayoutMemo, model: str, stream: list[bytes], ends: list[int]) -> list[str]:
+    """Fingerprint after each block, resuming from the hash states of the model's last layout."""
+    last_stream, last_states, last_chain, last_ends = memo._last.get(model, ([], [], [], []))
+    shared = 0
+    for old, new in zip(last_stream, stream, strict=False):
+        if old is not new and old != new:
+            break
+        shared += 1
+    states = last_states[:shared]
+    state = states[-1].copy() if states else hashlib.sha256(_FORMAT)
+    for chunk in stream[shared:]:
+        state.update(chunk)
+        states.append(state.copy())
+    chain = []
+    for number, end in enumerate(ends):
+        if end <= shared and number < len(last_ends) and last_ends[number] == end:
+            chain.append(last_chain[number])
+        else:
+            chain.append(states[end - 1].hexdigest()[:32])
+    memo._last[model] = (stream, states, chain, ends)
+    return chain
 
 
 def _strip_media(value: Any) -> Any:

@@ -195,7 +195,10 @@ class Recorder:
             interaction = decision.play
             if interaction is None:
                 raise RuntimeError("vcrpy asked to play a request the recorder chose to record")
-            body = Body(_body_of(request))
+            # A request equal to its recording keeps the recording's body: its parsed JSON shares
+            # the transcript with the turns before it, so the ledger and the cache analysis work
+            # on shared structure instead of re-parsing every turn's whole body.
+            body = interaction.request_body if decision.departure is None else decision.departure.request
             exchange = replace(interaction, index=len(self.exchanges), request_body=body,
                                request_headers=_headers_of(request))
             if decision.departure is not None:
