@@ -156,6 +156,32 @@ def _max_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
 
 
+def _status_bytes(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def rss_method() -> str:
+    """How peak RSS is measured here: ``VmHWM`` reset before the replay (Linux), else ``ru_maxrss``."""
+    return "VmHWM" if os.access("/proc/self/clear_refs", os.W_OK) else "ru_maxrss"
+
+
+def _rss_start() -> int:
+    if rss_method() == "VmHWM":
+        # Writing 5 resets the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0), so
+        # the peak read afterwards belongs to the replay, not to the imports before it.
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_bytes("VmRSS")
+    return _max_rss_bytes()
+
+
+def _rss_peak_growth(start: int) -> int:
+    peak = _status_bytes("VmHWM") if rss_method() == "VmHWM" else _max_rss_bytes()
+    return peak - start
+
+
 def _replay_bare(cassette: str, turns: int, base_url: str) -> Callable[[], dict[str, Any]]:
     import anthropic
     import httpx2
@@ -241,7 +267,7 @@ def worker(variant: str, cassette: str, turns: int, memory: str, profile: str | 
     run = _REPLAYS[variant](cassette, turns, _unused_base_url())
     if memory == "tracemalloc":
         tracemalloc.start()
-    rss_before = _max_rss_bytes()
+    rss_before = _rss_start()
     started = time.perf_counter()
     if profile:
         import cProfile
@@ -256,7 +282,7 @@ def worker(variant: str, cassette: str, turns: int, memory: str, profile: str | 
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     else:
-        peak = _max_rss_bytes() - rss_before
+        peak = _rss_peak_growth(rss_before)
     return {"variant": variant, "turns": turns, "seconds": seconds, "phases": phases, "peak_bytes": peak}
 
 
@@ -399,8 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="do not replay with plain vcrpy above N turns (it takes minutes at 200)")
     parser.add_argument("--repeats", type=int, default=3, help="replays per measurement; the median is shown")
     parser.add_argument("--memory", choices=["rss", "tracemalloc"], default="rss",
-                        help="peak memory: ru_maxrss growth during the replay (default), or tracemalloc's "
-                             "peak from one extra untimed run")
+                        help="peak memory: growth of the peak RSS during the timed replays (default), or "
+                             "tracemalloc's peak from one extra untimed run")
     parser.add_argument("--profile-ours", action="store_true",
                         help="also write a cProfile of one replay of ours per turn count (ours_N.prof in --out)")
     parser.add_argument("--reference", type=int, default=100, help=argparse.SUPPRESS)
@@ -417,9 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     turns_list = sorted(set(args.turns))
     print(_versions())
-    memory = "tracemalloc peak" if args.memory == "tracemalloc" else "ru_maxrss growth"
-    print(f"cassettes: {out}; replays: median of {args.repeats} fresh processes; "
-          f"peak memory: {memory} during the replay")
+    memory = ("tracemalloc peak during one extra, untimed replay" if args.memory == "tracemalloc"
+              else f"growth of the peak RSS during the replay ({rss_method()}), median")
+    print(f"cassettes: {out}; replay times: median of {args.repeats} fresh processes; peak memory: {memory}")
     sys.stdout.flush()
 
     recordings: dict[int, Recording] = {}

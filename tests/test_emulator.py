@@ -15,6 +15,7 @@ Output: text counts ``ceil(len / 4)`` (at least 1); tool_use ``ceil(len(name + c
 
 from __future__ import annotations
 
+import json
 import asyncio
 import math
 from collections.abc import Iterator
@@ -306,12 +307,14 @@ def test_batch_stays_in_progress_until_clock_advanced(emu: AnthropicEmulator,
 
 
 def test_batch_cancel_cancels_unprocessed_requests(emu: AnthropicEmulator, client: anthropic.Anthropic) -> None:
-    """Canceling an in-progress batch ends it with every request canceled and nothing billed."""
+    """Canceling an in-progress batch answers "canceling", then it ends with every request canceled, nothing billed."""
     emu.batch_seconds = 3600
     batch = client.messages.batches.create(requests=[batch_request("a", HELLO), batch_request("b", HELLO)])
     emu.clock.advance(seconds=5)
-    canceled = client.messages.batches.cancel(batch.id)
-    assert canceled.cancel_initiated_at == datetime.fromtimestamp(START + 5, UTC)
+    canceling = client.messages.batches.cancel(batch.id)
+    assert canceling.cancel_initiated_at == datetime.fromtimestamp(START + 5, UTC)
+    assert canceling.processing_status == "canceling"
+    canceled = client.messages.batches.retrieve(batch.id)
     assert canceled.processing_status == "ended"
     assert canceled.request_counts.canceled == 2
     assert canceled.request_counts.succeeded == 0
@@ -319,9 +322,10 @@ def test_batch_cancel_cancels_unprocessed_requests(emu: AnthropicEmulator, clien
 
 
 def test_batch_list_pages_and_delete(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
-    """Listing pages with has_more/after_id over every batch; a deleted batch is gone (404)."""
-    ids = [client.messages.batches.create(requests=[batch_request(f"r{i}", HELLO)]).id for i in range(3)]
-    assert len(set(ids)) == 3
+    """Listing pages (newest first) with has_more/after_id over every batch; a deleted batch is gone (404)."""
+    created = [client.messages.batches.create(requests=[batch_request(f"r{i}", HELLO)]).id for i in range(3)]
+    assert len(set(created)) == 3
+    ids = created[::-1]  # the API lists the most recently created batches first
     page = client.messages.batches.list(limit=2)
     assert [b.id for b in page.data] == ids[:2]
     assert page.has_more is True
@@ -331,6 +335,10 @@ def test_batch_list_pages_and_delete(client: anthropic.Anthropic, emu: Anthropic
     deleted = client.messages.batches.delete(ids[0])
     assert (deleted.id, deleted.type) == (ids[0], "message_batch_deleted")
     assert [b.id for b in client.messages.batches.list()] == ids[1:]
+    emu.batch_seconds = 3600
+    busy = client.messages.batches.create(requests=[batch_request("busy", HELLO)])
+    with pytest.raises(anthropic.BadRequestError, match="still processing: cancel it first"):
+        client.messages.batches.delete(busy.id)
     with pytest.raises(anthropic.NotFoundError) as caught:
         client.messages.batches.retrieve(ids[0])
     assert caught.value.status_code == 404
@@ -738,3 +746,24 @@ def test_two_fresh_emulators_answer_identically() -> None:
     assert first_run == second_run
     assert first_run[1]["id"] != first_run[3]["id"]
     assert first_run[1]["content"][0]["id"].startswith("toolu_emu")
+
+
+def test_prewarm_is_refused_where_the_api_refuses_it(client: anthropic.Anthropic) -> None:
+    """max_tokens=0 is a 400 with thinking enabled, a forced tool_choice or stream=True."""
+    tool = {"name": "t", "description": "d", "input_schema": {"type": "object"}}
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with thinking.type: enabled"):
+        client.messages.create(model=MODEL, max_tokens=0, messages=HELLO,
+                               thinking={"type": "enabled", "budget_tokens": 1024})
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with tool_choice any/tool"):
+        client.messages.create(model=MODEL, max_tokens=0, messages=HELLO, tools=[tool], tool_choice={"type": "any"})
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with stream: true"):
+        client.messages.create(model=MODEL, max_tokens=0, messages=HELLO, stream=True)
+
+
+def test_unforeseen_input_is_an_api_error_not_a_dropped_connection(emu: AnthropicEmulator) -> None:
+    """A request the emulator cannot handle gets a 4xx/5xx with Anthropic's error body."""
+    bad = emu.handle("GET", "/v1/messages/batches?limit=abc", {"x-api-key": "k"}, b"")
+    assert bad.status == 400
+    assert json.loads(bad.body)["error"] == {"type": "invalid_request_error", "message": "limit: must be an integer"}
+    too_many = emu.handle("GET", "/v1/messages/batches?limit=5000", {"x-api-key": "k"}, b"")
+    assert json.loads(too_many.body)["error"]["message"] == "limit: must be between 1 and 1000"

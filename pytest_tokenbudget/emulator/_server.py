@@ -70,6 +70,7 @@ class _Response:
     body: bytes
     content_type: str = "application/json"
     headers: Mapping[str, str] | None = None
+    request_id: str | None = None
 
 
 class AnthropicEmulator:
@@ -214,6 +215,8 @@ class AnthropicEmulator:
                 return self._route(method, path, query, headers, body)
             except _ApiError as error:
                 return self._error(error)
+            except Exception as error:  # a bug or an input we did not foresee: answer like the API would
+                return self._error(_ApiError(500, "api_error", f"emulator error: {type(error).__name__}: {error}"))
 
     def _route(
         self, method: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: Any
@@ -237,7 +240,11 @@ class AnthropicEmulator:
             if method == "POST" and action == "/cancel":
                 return self._batch_cancel(batch_id)
             if method == "DELETE" and action is None:
-                self._batch(batch_id)
+                batch = self._batch(batch_id)
+                self._batch_process(batch)
+                if batch["results"] is None:
+                    raise _ApiError(400, "invalid_request_error",
+                                    f"batch {batch_id} is still processing: cancel it first, then delete it")
                 del self._batches[batch_id]
                 return self._json({"id": batch_id, "type": "message_batch_deleted"})
         raise _ApiError(404, "not_found_error", f"Not found: {method} {path}", {"x-should-retry": "false"})
@@ -262,6 +269,9 @@ class AnthropicEmulator:
     ) -> tuple[Reply, dict[str, Any] | None]:
         layout, cumulative = self._prepare(body)
         reply = self._next_reply(body)
+        if reply.stream_error_after is not None and not body.get("stream"):
+            # Without a stream there is no mid-stream error: the request fails as a whole.
+            reply = Reply.error(529, error_type=reply.error_type or "overloaded_error", message=reply.message)
         if reply.status != 200:
             return reply, None
         now = self.clock.now()
@@ -321,13 +331,11 @@ class AnthropicEmulator:
 
     def _messages_endpoint(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> _Response:
         stream = bool(body.get("stream"))
-        if stream and body.get("max_tokens") == 0:
-            raise _ApiError(400, "invalid_request_error", "max_tokens: 0 is not supported with stream: true")
+        if body.get("max_tokens") == 0:
+            _check_prewarm(body)
         reply, message = self._create_message(body, headers)
         if message is None:
             raise _reply_error(reply)
-        if reply.stream_error_after is not None and not stream:
-            raise _ApiError(529, reply.error_type or "overloaded_error", reply.message or "Overloaded")
         if not stream:
             return self._json(message)
         return _Response(200, b"".join(_sse(message, reply)), "text/event-stream; charset=utf-8",
@@ -403,9 +411,10 @@ class AnthropicEmulator:
         batch["results"] = results
         batch["ended_at"] = now
 
-    def _batch_view(self, batch_id: str) -> dict[str, Any]:
+    def _batch_view(self, batch_id: str, *, process: bool = True) -> dict[str, Any]:
         batch = self._batch(batch_id)
-        self._batch_process(batch)
+        if process:
+            self._batch_process(batch)
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         if batch["results"] is None:
             counts["processing"] = len(batch["requests"])
@@ -431,8 +440,13 @@ class AnthropicEmulator:
         }
 
     def _batch_list(self, query: Mapping[str, list[str]]) -> _Response:
-        limit = int(query.get("limit", ["20"])[0])
-        ids = list(self._batches)
+        try:
+            limit = int(query.get("limit", ["20"])[0])
+        except ValueError:
+            raise _ApiError(400, "invalid_request_error", "limit: must be an integer") from None
+        if not 1 <= limit <= 1000:
+            raise _ApiError(400, "invalid_request_error", "limit: must be between 1 and 1000")
+        ids = list(reversed(self._batches))  # most recently created first, as the API lists them
         after = query.get("after_id", [None])[0]
         if after in self._batches:
             ids = ids[ids.index(after) + 1 :]
@@ -448,7 +462,8 @@ class AnthropicEmulator:
         batch = self._batch(batch_id)
         if batch["results"] is None and batch["canceled_at"] is None:
             batch["canceled_at"] = self.clock.now()
-        return self._json(self._batch_view(batch_id))
+        # The API answers "canceling"; the batch ends (its requests canceled) when next looked at.
+        return self._json(self._batch_view(batch_id, process=False))
 
     def _batch_results(self, batch_id: str) -> _Response:
         batch = self._batch(batch_id)
@@ -464,14 +479,28 @@ class AnthropicEmulator:
         return _Response(status, _dumps(payload))
 
     def _error(self, error: _ApiError) -> _Response:
-        headers = dict(error.headers)
-        response = _Response(error.status, _dumps({**_error_body(error.kind, error.message),
-                                                   "request_id": self._new_id("req", error.message.encode())}),
-                             headers=headers)
-        return response
+        request_id = self._new_id("req", error.message.encode())
+        body = _dumps({**_error_body(error.kind, error.message), "request_id": request_id})
+        return _Response(error.status, body, headers=dict(error.headers), request_id=request_id)
 
 
 _ABSENT: Any = object()
+
+
+def _check_prewarm(body: Mapping[str, Any]) -> None:
+    """A cache pre-warm (``max_tokens: 0``) is refused with these (facts section 2)."""
+    thinking = body.get("thinking")
+    tool_choice = body.get("tool_choice")
+    output_config = body.get("output_config")
+    refusals = [
+        (bool(body.get("stream")), "stream: true"),
+        (isinstance(thinking, dict) and thinking.get("type") == "enabled", "thinking.type: enabled"),
+        (isinstance(output_config, dict) and "format" in output_config, "output_config.format"),
+        (isinstance(tool_choice, dict) and tool_choice.get("type") in ("any", "tool"), "tool_choice any/tool"),
+    ]
+    for refused, what in refusals:
+        if refused:
+            raise _ApiError(400, "invalid_request_error", f"max_tokens: 0 is not supported with {what}")
 
 
 def _require_object(body: Any) -> Mapping[str, Any]:
@@ -579,7 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("content-type", response.content_type)
         self.send_header("content-length", str(len(body)))
-        self.send_header("request-id", "req_emu" + hashlib.sha256(body).hexdigest()[:24])
+        self.send_header("request-id", response.request_id or "req_emu" + hashlib.sha256(body).hexdigest()[:24])
         self.send_header("anthropic-organization-id", "emulator-org-0000")
         if compress:
             self.send_header("content-encoding", "gzip")
