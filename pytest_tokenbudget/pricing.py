@@ -66,24 +66,19 @@ prices are named in the notes of the turns that use them.
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import genai_prices
-import jsonschema
-import yaml
 from genai_prices.types import ModelInfo, PriceCalculation, StartDateConstraint, TieredPrices
 
+from ._validate import json_path, line_of, load_yaml
 from .errors import ConfigError, PriceError
 from .ledger import Turn
 
@@ -302,13 +297,6 @@ class PriceFile:
     models: tuple[PriceOverride, ...]
 
 
-@cache
-def _schema() -> dict[str, Any]:
-    text = resources.files("pytest_tokenbudget").joinpath("schemas/prices.schema.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
 def load_price_file(path: Path | str) -> PriceFile:
     """Read and validate a price override file (format in the module docstring).
 
@@ -324,124 +312,15 @@ def load_price_file(path: Path | str) -> PriceFile:
             accepted.
     """
     where = str(path)
-    try:
-        text = Path(path).read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise PriceError("price file cannot be read", file=where, why=str(err),
-                         fix=f"check the path given to {_FLAG} / {_INI}") from None
-    loader = yaml.SafeLoader(text)
-    data: Any = None
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise PriceError("price file is not valid YAML", file=where + line, why=str(problem),
-                         fix="fix the YAML syntax") from None
-    finally:
-        loader.dispose()
-    if root is None:
-        raise PriceError("price file is empty", file=where, why="no document in the file",
-                         fix="add a `models:` mapping (see the format in pytest_tokenbudget.pricing)")
-    _check_keys(root, where)
-    problems = _schema_problems(data, root)
-    if problems:
-        first_line, first = problems[0]
-        raise PriceError(
-            f"price file is invalid ({len(problems)} problem{'s' if len(problems) > 1 else ''})",
-            file=where + (f", line {first_line}" if first_line else ""),
-            why=first,
-            details=[f"also: line {n}: {message}" if n else f"also: {message}" for n, message in problems[1:]],
-            fix="correct the key or value (the schema is pytest_tokenbudget/schemas/prices.schema.json)",
-        )
+    data, root = load_yaml(
+        path, "prices.schema.json", PriceError, what="price file",
+        fix=f"check the path given to {_FLAG} / {_INI}, and the format in pytest_tokenbudget.pricing",
+    )
     models = tuple(
-        _override(where, str(name), entry, _line(root, ("models", str(name))))
+        _override(where, str(name), entry, line_of(root, ("models", str(name))))
         for name, entry in data["models"].items()
     )
     return PriceFile(where, int(data.get("version", 1)), models)
-
-
-def _check_keys(node: yaml.Node, where: str, path: tuple[str | int, ...] = ()) -> None:
-    """Reject non-string and repeated mapping keys (PyYAML keeps the last one silently)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
-                raise PriceError("price file is invalid", file=f"{where}, line {line}",
-                                 why=f"{_json_path(path)}: key {key_node.value!r} is not a string",
-                                 fix="quote the key")
-            if key_node.value in seen:
-                raise PriceError("price file is invalid", file=f"{where}, line {line}",
-                                 why=f"{_json_path((*path, key_node.value))}: repeated key (first on line "
-                                     f"{seen[key_node.value]})",
-                                 fix="keep one of the two entries")
-            seen[key_node.value] = line
-            _check_keys(value_node, where, (*path, key_node.value))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_keys(item, where, (*path, index))
-
-
-def _schema_problems(data: Any, root: yaml.Node) -> list[tuple[int | None, str]]:
-    """Every schema violation as ``(line, message)``, sorted by line."""
-    validator = jsonschema.Draft202012Validator(_schema())
-    problems: list[tuple[int | None, str]] = []
-    for error in validator.iter_errors(data):
-        path = tuple(error.absolute_path)
-        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-            allowed = sorted(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else []
-            for key in sorted(str(k) for k in error.instance if k not in allowed):
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                problems.append((
-                    _line(root, (*path, key)),
-                    f"{_json_path((*path, key))}: unknown key {key!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f"; accepted: {', '.join(allowed)}",
-                ))
-        elif "propertyNames" in error.schema_path:
-            # the error sits on the mapping; point at the offending key itself
-            key = str(error.instance)
-            problems.append((_line(root, (*path, key)), f"{_json_path((*path, key))}: bad model key {key!r} "
-                             "(a model id, optionally ending in one '*')"))
-        else:
-            problems.append((_line(root, path), f"{_json_path(path)}: {error.message}"))
-    return sorted(problems, key=lambda p: (p[0] or 0, p[1]))
-
-
-def _line(root: yaml.Node, path: Sequence[str | int]) -> int | None:
-    """The line (from 1) of the key at ``path``, or of the document when ``path`` is empty."""
-    node = root
-    line = root.start_mark.line + 1
-    for part in path:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.value == str(part):
-                    line, node = key_node.start_mark.line + 1, value_node
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _json_path(path: Iterable[Any]) -> str:
-    """``models["claude-opus-4-5"].input_mtok`` style; ``$`` for the document."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
-            out += f".{part}" if out else str(part)
-        else:
-            out += f"[{json.dumps(str(part))}]"
-    return out or "$"
 
 
 def _decimal(value: Any, where: str, path: tuple[str, ...], line: int | None) -> Decimal:
@@ -449,7 +328,7 @@ def _decimal(value: Any, where: str, path: tuple[str, ...], line: int | None) ->
     number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     if not number.is_finite() or (isinstance(value, float) and not math.isfinite(value)):
         raise PriceError("price file is invalid", file=where + (f", line {line}" if line else ""),
-                         why=f"{_json_path(path)}: {value!r} is not a finite number", fix="give a price in USD")
+                         why=f"{json_path(path)}: {value!r} is not a finite number", fix="give a price in USD")
     return number
 
 

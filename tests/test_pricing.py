@@ -421,7 +421,7 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("", "price file is empty"),
     ("models:\n  m:\n    input_mtok: .inf\n    output_mtok: 1\n", "models.m.input_mtok: inf is not a finite number"),
-    ("models:\n  a*b:\n    input_mtok: 1\n    output_mtok: 1\n", "models[\"a*b\"]: bad model key 'a*b'"),
+    ("models:\n  a*b:\n    input_mtok: 1\n    output_mtok: 1\n", "models[\"a*b\"]: bad key 'a*b' (a model id, optionally ending in one '*')"),
 ])
 def test_other_invalid_files(tmp_path: Path, text: str, expected: str) -> None:
     """Empty files, infinite prices and a `*` inside a key are refused."""

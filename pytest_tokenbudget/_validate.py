@@ -1,0 +1,149 @@
+"""Reading a user's YAML file against a JSON Schema, with errors that name the key, file and line."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import TokenBudgetError
+from .prefix import format_path
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in ``pytest_tokenbudget/schemas/``."""
+    text = resources.files("pytest_tokenbudget").joinpath(f"schemas/{name}").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def json_path(path: Sequence[Any]) -> str:
+    """``models["claude-opus-4-5"].input_mtok`` style; ``$`` for the document."""
+    return format_path([p if isinstance(p, int) else str(p) for p in path])
+
+
+def load_yaml(
+    path: Path | str,
+    schema_name: str,
+    error: type[TokenBudgetError],
+    *,
+    what: str,
+    fix: str,
+    text: str | None = None,
+) -> tuple[Any, yaml.Node]:
+    """Parse a YAML (or JSON) file and validate it; return the data and its node tree (for lines).
+
+    Raises:
+        ``error``: the file cannot be read, is not YAML, is empty, repeats a key, or breaks the
+            schema; the message names the file, the line, the JSON path of the bad key, and
+            for an unknown key the nearest accepted one.
+    """
+    where = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise error(f"{what} cannot be read", file=where, why=str(err), fix=fix) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise error(f"{what} is not valid YAML", file=where + line, why=str(problem),
+                    fix="fix the YAML syntax") from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise error(f"{what} is empty", file=where, why="no document in the file", fix=fix)
+    check_keys(root, where, error, what)
+    problems = schema_problems(data, root, schema_name)
+    if problems:
+        first_line, first = problems[0]
+        raise error(
+            f"{what} is invalid ({len(problems)} problem{'s' if len(problems) > 1 else ''})",
+            file=where + (f", line {first_line}" if first_line else ""),
+            why=first,
+            details=[f"also: line {n}: {message}" if n else f"also: {message}" for n, message in problems[1:]],
+            fix=f"correct the key or value (the schema is pytest_tokenbudget/schemas/{schema_name})",
+        )
+    return data, root
+
+
+def check_keys(node: yaml.Node, where: str, error: type[TokenBudgetError], what: str,
+               path: tuple[str | int, ...] = ()) -> None:
+    """Reject non-string and repeated mapping keys (PyYAML keeps the last one silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
+                raise error(f"{what} is invalid", file=f"{where}, line {line}",
+                            why=f"{json_path(path)}: key {key_node.value!r} is not a string", fix="quote the key")
+            if key_node.value in seen:
+                raise error(f"{what} is invalid", file=f"{where}, line {line}",
+                            why=f"{json_path((*path, key_node.value))}: repeated key (first on line "
+                                f"{seen[key_node.value]})",
+                            fix="keep one of the two entries")
+            seen[key_node.value] = line
+            check_keys(value_node, where, error, what, (*path, key_node.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            check_keys(item, where, error, what, (*path, index))
+
+
+def schema_problems(data: Any, root: yaml.Node | None, schema_name: str) -> list[tuple[int | None, str]]:
+    """Every schema violation as ``(line, message)``, sorted by line."""
+    validator = jsonschema.Draft202012Validator(schema(schema_name))
+    problems: list[tuple[int | None, str]] = []
+    for err in validator.iter_errors(data):
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+            allowed = sorted(err.schema.get("properties", {})) if isinstance(err.schema, Mapping) else []
+            for key in sorted(str(k) for k in err.instance if k not in allowed):
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                problems.append((
+                    line_of(root, (*path, key)),
+                    f"{json_path((*path, key))}: unknown key {key!r}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; accepted: {', '.join(allowed)}",
+                ))
+        elif "propertyNames" in err.schema_path:
+            key = str(err.instance)
+            problems.append((line_of(root, (*path, key)),
+                             f"{json_path((*path, key))}: bad key {key!r} ({err.schema.get('description', err.message)})"))
+        else:
+            problems.append((line_of(root, path), f"{json_path(path)}: {err.message}"))
+    return sorted(problems, key=lambda p: (p[0] or 0, p[1]))
+
+
+def line_of(root: yaml.Node | None, path: Sequence[str | int]) -> int | None:
+    """The line (from 1) of the key at ``path``, or of the document when ``path`` is empty."""
+    if root is None:
+        return None
+    node = root
+    line = root.start_mark.line + 1
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == str(part):
+                    line, node = key_node.start_mark.line + 1, value_node
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
