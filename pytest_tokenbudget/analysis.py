@@ -125,6 +125,8 @@ class TurnCache:
     api_reason: str | None = None
     agrees_with_api: bool | None = None
     notes: tuple[str, ...] = ()
+    estimated_usage: Mapping[str, Any] | None = None
+    estimate_method: str | None = None
 
     @property
     def level(self) -> str | None:
@@ -168,6 +170,8 @@ class TurnCache:
             out["api"] = {"cache_miss_reason": self.api_reason, "agrees": self.agrees_with_api}
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.estimated_usage is not None:
+            out["estimated"] = {"usage": dict(self.estimated_usage), "method": self.estimate_method}
         return out
 
 
@@ -336,13 +340,24 @@ class _Tokens:
 # the analysis
 
 
-def analyze(ledger: Ledger | Sequence[Turn]) -> CacheAnalysis:
+def analyze(
+    ledger: Ledger | Sequence[Turn], *, changed: Mapping[int, Mapping[str, Any]] | None = None
+) -> CacheAnalysis:
     """Analyse the cache behaviour of every turn (see the module docstring).
 
     Args:
         ledger: a ledger, or its turns in order.
+        changed: turns whose request departs from its recording (replayed anyway), by turn
+            index, each with the *recorded* request body. Their usage is estimated: the input
+            grows or shrinks by the changed characters times this recording's own tokens per
+            character, and the cache model decides what is read and written. The estimate is
+            in :attr:`TurnCache.estimated_usage`, with its method.
     """
     turns = ledger.turns if isinstance(ledger, Ledger) else list(ledger)
+    changed = changed or {}
+    ratio = 0.25
+    if changed:
+        ratio = _tokens_per_char([t for t in turns if t.index not in changed]) or _tokens_per_char(turns) or ratio
     analysis = CacheAnalysis()
     store = CacheStore()
     tokens = _Tokens()
@@ -359,12 +374,40 @@ def analyze(ledger: Ledger | Sequence[Turn]) -> CacheAnalysis:
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
         layout = layout_of(body, memo)
-        result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time)
+        estimate = None
+        if turn.index in changed:
+            estimate = _estimate_total(turn, layout, changed[turn.index], ratio)
+        result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time, estimate)
         analysis.turns.append(result)
         if result.divergence is not None:
             analysis.divergences.append(result.divergence)
     _flag_unread_breakpoints(analysis, turns)
     return analysis
+
+
+def _request_chars(request: Mapping[str, Any]) -> int:
+    return sum(len(block.canonical) for block in layout_of(request).blocks)
+
+
+def _tokens_per_char(turns: Sequence[Turn]) -> float | None:
+    """Input tokens per canonical character over turns with a request body (the recording's ratio)."""
+    tokens = chars = 0
+    for turn in turns:
+        if isinstance(turn.request, Mapping) and isinstance(turn.request.get("messages"), list):
+            tokens += turn.total_input_tokens
+            chars += _request_chars(turn.request)
+    return tokens / chars if chars and tokens else None
+
+
+def _estimate_total(turn: Turn, layout: PromptLayout, recorded: Mapping[str, Any], ratio: float) -> tuple[int, str]:
+    """Total input tokens of a changed request, and how they were estimated."""
+    new_chars = sum(len(block.canonical) for block in layout.blocks)
+    old_chars = _request_chars(recorded)
+    delta = new_chars - old_chars
+    total = max(0, turn.total_input_tokens + round(delta * ratio))
+    method = (f"recorded {turn.total_input_tokens:,} input tokens {'+' if delta >= 0 else '-'} {abs(delta):,} "
+              f"characters x {ratio:.4f} tokens/character (this recording's own ratio) = {total:,}")
+    return total, method
 
 
 def _flag_unread_breakpoints(analysis: CacheAnalysis, turns: Sequence[Turn]) -> None:
@@ -405,9 +448,10 @@ def _analyse_turn(
     tokens: _Tokens,
     previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]],
     last_time: dict[str, float],
+    estimate: tuple[int, str] | None = None,
 ) -> TurnCache:
     model_key = layout.model
-    total = turn.total_input_tokens
+    total = turn.total_input_tokens if estimate is None else estimate[0]
     cumulative, estimated = tokens.cumulative(layout, total)
     minimum, minimum_sure = minimum_cacheable(layout.model)
     now = turn.recorded_at if turn.recorded_at is not None else last_time.get(model_key, 0.0) + 1.0
@@ -451,6 +495,12 @@ def _analyse_turn(
     outcome = simulate(layout, cumulative, store, now, minimum=minimum)
     predicted_read = outcome.cache_read_input_tokens
     predicted_write = outcome.cache_creation_input_tokens
+    estimated_usage = None
+    if estimate is not None:
+        # No recording of this request exists: the model's prediction stands in for it.
+        recorded_read, recorded_write = predicted_read, predicted_write
+        estimated_usage = {**outcome.usage(), "output_tokens": turn.output_tokens}
+        notes.append(f"request changed since recording: usage estimated ({estimate[1]})")
     estimate_flags = [estimated[p.block] for p in outcome.written]
     if outcome.hit_block is not None:
         estimate_flags.append(estimated[outcome.hit_block] and store.entries[layout.chain[outcome.hit_block]].tokens
@@ -462,11 +512,16 @@ def _analyse_turn(
     if verdict != "below_minimum":
         notes.extend(f"breakpoint at {p.path} caches nothing: its prefix, {cumulative[p.block]:,} tokens, is below "
                      f"the minimum of {minimum:,}" for p in outcome.below_minimum)
-    _learn(turn, layout, outcome, tokens, store, cumulative, minimum, now, recorded_read, recorded_write)
+    if estimate is None:
+        _learn(turn, layout, outcome, tokens, store, cumulative, minimum, now, recorded_read, recorded_write)
     previous_by_model[model_key] = (turn.index, layout, cumulative)
     last_time[model_key] = now
-    return _finish(turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated,
-                   divergence, notes)
+    result = _finish(turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated,
+                     divergence, notes)
+    if estimate is not None:
+        result = TurnCache(**{**_fields(result), "estimated_usage": estimated_usage, "estimate_method": estimate[1],
+                              "recorded_read": predicted_read, "recorded_write": predicted_write})
+    return result
 
 
 def _verdict(
@@ -575,8 +630,12 @@ def _learn(
             store.entries.pop(point.fingerprint, None)
         return
     if not written:
-        # The model wrote nothing (below its minimum?) but the API did: believe the API.
-        written = [p for p in layout.breakpoints if hit is None or p.block > hit][-1:]
+        # The model wrote nothing (below its minimum, or it expected a read) but the API did:
+        # believe the API, which wrote past what it read.
+        read_to = hit if recorded_read else None
+        written = [p for p in layout.breakpoints if read_to is None or p.block > read_to][-1:]
+        if not written:
+            return
         for point in written:
             store.entries[point.fingerprint] = CacheEntry(point.fingerprint, recorded_read + recorded_write,
                                                           point.ttl, now + TTL_SECONDS[point.ttl], now)

@@ -165,6 +165,13 @@ class Turn:
     stop_reason: str | None = None
     incomplete: bool = False
     request: Any = field(default=None, repr=False, compare=False)
+    estimate_method: str | None = None
+    recorded_usage: Mapping[str, Any] | None = None
+
+    @property
+    def estimated(self) -> bool:
+        """The request changed since it was recorded: :attr:`usage` is an estimate (see ``estimate_method``)."""
+        return self.estimate_method is not None
 
     @property
     def input_tokens(self) -> int:
@@ -293,6 +300,19 @@ class Ledger:
     def cache_hit_rate(self) -> float:
         """Cache reads over all input tokens of all turns (0 when there is no input)."""
         return self.totals().cache_hit_rate
+
+    def with_estimates(self, analysis: CacheAnalysis) -> Ledger:
+        """This ledger with the usage of changed turns replaced by the analysis' estimates."""
+        from dataclasses import replace
+
+        turns = list(self.turns)
+        for result in analysis.turns:
+            if result.estimated_usage is not None:
+                turn = turns[result.turn]
+                usage = {**turn.usage, **result.estimated_usage}
+                turns[result.turn] = replace(turn, usage=usage, estimate_method=result.estimate_method,
+                                             recorded_usage=turn.usage)
+        return Ledger(turns, self.exchanges, self.source)
 
     def cache_analysis(self) -> CacheAnalysis:
         """Verdicts, fingerprints and predictions per turn (see :mod:`pytest_tokenbudget.analysis`)."""

@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._run import RunState, Settings, TestResult, cassette_path, open_recorder, placeholder_key, replays_only
+from ._run import Evaluation, RunState, Settings, TestResult, cassette_path, evaluate, open_recorder, \
+    placeholder_key, replays_only
+from .baseline import BASELINE_NAME, load_baseline
+from .budgets import BUDGET_KEYS, Budget
+from .config import Config, load_config
 from .errors import ReplayInterrupt, TokenBudgetError
 from .ledger import Ledger, LiveLedger
-from .record import Recorder, RecordMode
+from .record import RecordMode, Recorder
 
 if TYPE_CHECKING:
     from .emulator import AnthropicEmulator
 
 _STATE = pytest.StashKey[RunState]()
 _RECORDER = pytest.StashKey[Recorder]()
-_CALL_PASSED = pytest.StashKey[bool]()
+_BODY_PASSED = pytest.StashKey[bool]()
+_EVALUATION = pytest.StashKey[Evaluation]()
 
 _MODES = [mode.value for mode in RecordMode]
+_MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Options: one ``tokenbudget`` group, each flag with an ini twin."""
     group = parser.getgroup("tokenbudget", "token budgets for Claude agents (pytest-tokenbudget)")
     group.addoption("--token-budget", action="store_true", default=False, dest="token_budget",
-                    help="report tokens and cost per test at the end of the session.")
+                    help="report tokens and cost per test, and judge the run against the baseline.")
+    group.addoption("--token-budget-update", action="store_true", default=False, dest="token_budget_update",
+                    help="write the baseline from this run (implies --token-budget).")
+    group.addoption("--token-budget-baseline", action="store", default=None, dest="token_budget_baseline",
+                    metavar="PATH", help=f"the baseline file (default: {BASELINE_NAME} in the rootdir).")
+    group.addoption("--token-budget-config", action="store", default=None, dest="token_budget_config",
+                    metavar="PATH", help="budgets file (default: tokenbudget.yaml, or [tool.tokenbudget]).")
     group.addoption("--token-budget-record", action="store", default=None, dest="token_budget_record",
                     choices=_MODES, metavar="MODE",
                     help="record mode: none (replay only, default), once, new_episodes, all.")
@@ -48,6 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   type="bool", default=False)
     parser.addini("token_budget_prices", "price override files, one per line", type="linelist", default=[])
     parser.addini("token_budget_price_at", "now (default) or recorded", default="now")
+    parser.addini("token_budget_baseline", f"baseline file (default {BASELINE_NAME})", default="")
+    parser.addini("token_budget_config", "budgets file (default tokenbudget.yaml or [tool.tokenbudget])", default="")
 
 
 def _record_mode(config: pytest.Config) -> RecordMode:
@@ -71,46 +87,93 @@ def _explicit_record_mode(config: pytest.Config) -> bool:
     return any(arg == "--record-mode" or arg.startswith("--record-mode=") for arg in config.invocation_params.args)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the marker and resolve settings (a bad value is a usage error, not a traceback)."""
-    config.addinivalue_line(
-        "markers",
-        "token_budget(record=True, cassette=None): token budget options for this test; "
-        "record=False leaves its traffic alone.",
-    )
+def _settings(config: pytest.Config) -> Settings:
     rootdir = Path(config.rootpath)
     directory = config.getoption("token_budget_cassette_dir") or str(config.getini("token_budget_cassette_dir"))
     price_at = config.getoption("token_budget_price_at") or str(config.getini("token_budget_price_at")).strip()
     if price_at not in ("now", "recorded"):
         raise pytest.UsageError(f"tokenbudget: token_budget_price_at = {price_at!r}; use now or recorded")
+    try:
+        budgets = load_config(rootdir, config.getoption("token_budget_config")
+                              or str(config.getini("token_budget_config")) or None)
+    except TokenBudgetError as error:
+        raise pytest.UsageError(error.render()) from None
     json_path = config.getoption("token_budget_json")
     md_path = config.getoption("token_budget_md")
-    settings = Settings(
+    update = bool(config.getoption("token_budget_update"))
+    prices = config.getoption("token_budget_prices") or config.getini("token_budget_prices") or list(budgets.prices)
+    baseline = (config.getoption("token_budget_baseline") or str(config.getini("token_budget_baseline"))
+                or budgets.baseline or BASELINE_NAME)
+    return Settings(
         record_mode=_record_mode(config),
         cassette_dir=(rootdir / directory).resolve(),
         allow_unused=bool(config.getini("token_budget_allow_unused")),
-        report=bool(config.getoption("token_budget")) or bool(json_path) or bool(md_path),
+        report=bool(config.getoption("token_budget")) or update or bool(json_path) or bool(md_path),
         rootdir=rootdir,
-        price_files=tuple(
-            str(rootdir / p) for p in (config.getoption("token_budget_prices") or config.getini("token_budget_prices"))
-        ),
+        price_files=tuple(str(rootdir / p) for p in prices),
         price_at=price_at,
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(md_path) if md_path else None,
         verbose=config.get_verbosity() > 0,
+        update=update,
+        baseline_path=rootdir / baseline,
+        config=budgets,
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the marker and resolve settings; a bad value or file is a usage error, not a traceback."""
+    config.addinivalue_line(
+        "markers",
+        "token_budget(max_cost_usd=None, max_input_tokens=None, max_output_tokens=None, max_turns=None, "
+        "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None): "
+        "this test's token budget and recording options (see pytest_tokenbudget.budgets).",
+    )
+    settings = _settings(config)
     state = RunState(settings)
-    if settings.report:
+    try:
+        if settings.report:
+            state.pricer  # noqa: B018 - load and validate the price files now
+            if settings.baseline_path is not None:
+                state.baseline = load_baseline(settings.baseline_path)
+    except TokenBudgetError as error:
+        raise pytest.UsageError(error.render()) from None
+    config.stash[_STATE] = state
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check every ``token_budget`` marker before anything runs; note which tests exist."""
+    state = config.stash[_STATE]
+    for item in items:
+        state.collected.add(item.nodeid)
+        marker = item.get_closest_marker("token_budget")
+        if marker is None:
+            continue
+        if marker.args:
+            raise pytest.UsageError(f"tokenbudget: {item.nodeid}: token_budget() takes keywords only, "
+                                    f"got {marker.args!r}; accepted: {', '.join(_MARKER_KEYS)}")
+        unknown = sorted(set(marker.kwargs) - set(_MARKER_KEYS))
+        if unknown:
+            raise pytest.UsageError(f"tokenbudget: {item.nodeid}: unknown token_budget keyword(s) "
+                                    f"{', '.join(unknown)}; accepted: {', '.join(_MARKER_KEYS)}")
         try:
-            state.pricer  # noqa: B018 - load and validate the price files now: a bad one is a usage error
+            _budget_of(item)
         except TokenBudgetError as error:
             raise pytest.UsageError(error.render()) from None
-    config.stash[_STATE] = state
 
 
 def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
     marker = item.get_closest_marker("token_budget")
     return dict(marker.kwargs) if marker is not None else {}
+
+
+def _budget_of(item: pytest.Item) -> Budget:
+    # Precedence: the marker, then the config file's patterns (in order), then its defaults.
+    config: Config = item.config.stash[_STATE].settings.config
+    options = {k: v for k, v in _marker_kwargs(item).items() if k in BUDGET_KEYS}
+    marker = Budget.from_mapping(options, where=f"{item.nodeid}: @pytest.mark.token_budget")
+    return marker.over(config.budget_for(item.nodeid))
 
 
 def _uses_pytest_recording(item: pytest.Item) -> bool:
@@ -139,23 +202,20 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
     item.stash[_RECORDER] = recorder
     with placeholder_key(replays_only(recorder)), recorder.patched():
         yield recorder
-    if item.stash.get(_CALL_PASSED, False):
+    # Recordings are saved when the test's own code passed, budget verdicts aside: a test over
+    # budget still recorded what it did.
+    if item.stash.get(_BODY_PASSED, False):
         try:
             recorder.save()
         except TokenBudgetError as error:
             pytest.fail(error.render(), pytrace=False)
-    try:
-        ledger = recorder.ledger()
-    except TokenBudgetError as error:
-        if item.stash.get(_CALL_PASSED, False):
-            pytest.fail(error.render(), pytrace=False)
-        ledger = Ledger()
-    result = TestResult(item.nodeid, path, ledger, bool(recorder.recorded))
-    if state.settings.report and ledger.turns:
-        from .report import cache_of
-
-        result.cache = cache_of(ledger)  # here, on the worker: request bodies do not travel to the controller
-    _record_result(item, state, result)
+    evaluation = item.stash.get(_EVALUATION, None)
+    if evaluation is None:
+        try:
+            evaluation = evaluate(state, recorder, _budget_of(item), test_passed=False)
+        except TokenBudgetError:
+            return
+    _record_result(item, state, evaluation.result)
 
 
 def _record_result(item: pytest.Item, state: RunState, result: TestResult) -> None:
@@ -167,12 +227,8 @@ def _record_result(item: pytest.Item, state: RunState, result: TestResult) -> No
     for name in ("turns", "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens"):
         item.user_properties.append((f"tokenbudget_{name}", getattr(totals, name)))
     item.user_properties.append(("tokenbudget_cache_hit_rate", round(totals.cache_hit_rate, 6)))
-    if state.settings.report:
-        from .report import build_entry
-
-        entry = build_entry(item.nodeid, state.display_id(result), result.ledger, state.pricer, result.cache)
-        if entry.cost_usd is not None:
-            item.user_properties.append(("tokenbudget_cost_usd", str(entry.cost_usd)))
+    if result.baseline is not None and result.baseline.cost_usd is not None:
+        item.user_properties.append(("tokenbudget_cost_usd", str(result.baseline.cost_usd)))
 
 
 @pytest.fixture
@@ -212,7 +268,7 @@ def anthropic_emulator(
 
     emulator = AnthropicEmulator().start()
     monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", _existing_key() or "emulator-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", os.environ.get("ANTHROPIC_API_KEY") or "emulator-key")
     if _tokenbudget_recorder is not None:
         _tokenbudget_recorder.clock = emulator.clock.now
     try:
@@ -221,15 +277,9 @@ def anthropic_emulator(
         emulator.stop()
 
 
-def _existing_key() -> str | None:
-    import os
-
-    return os.environ.get("ANTHROPIC_API_KEY") or None
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """Fail a test whose replay went wrong even if its code swallowed the error."""
+    """After the test body: replay failures it swallowed, unplayed recordings, then budgets and the gate."""
     result = yield
     recorder = item.stash.get(_RECORDER, None)
     if recorder is None:
@@ -247,23 +297,42 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                 f"({first.method} {first.path}): the test now makes fewer calls than when recorded",
             fix=f"re-record: {recorder.record_command('all')}, or set token_budget_allow_unused = true",
         ))
+    item.stash[_BODY_PASSED] = True
+    state = item.config.stash[_STATE]
+    try:
+        evaluation = evaluate(state, recorder, _budget_of(item), test_passed=True)
+    except TokenBudgetError as error:
+        error.test = item.nodeid
+        raise ReplayInterrupt(error) from None
+    item.stash[_EVALUATION] = evaluation
+    if evaluation.failure is not None:
+        evaluation.result.passed = False
+        raise ReplayInterrupt(evaluation.failure)
     return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Show replay failures as their message, without a traceback; note whether the call passed."""
+    """Show our failures as their message, without a traceback (and as a GitHub annotation in CI)."""
     report = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, ReplayInterrupt):
-        report.longrepr = call.excinfo.value.error.render()
+        message = call.excinfo.value.error.render()
+        report.longrepr = message
         report.outcome = "failed"
-    if report.when == "call":
-        item.stash[_CALL_PASSED] = report.passed
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            _annotate(item, message)
     return report
 
 
+def _annotate(item: pytest.Item, message: str) -> None:
+    """A GitHub Actions error annotation on the test's line (shown in the pull request diff)."""
+    path, line, _name = item.location
+    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    print(f"\n::error file={path},line={(line or 0) + 1},title=token budget: {item.name}::{escaped}", flush=True)
+
+
 # --------------------------------------------------------------------------------------------
-# session end: the report (xdist workers send their results to the controller)
+# session end: the report and the baseline (xdist workers send their results to the controller)
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -271,26 +340,33 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """On an xdist worker, hand this worker's results to the controller."""
+    """Workers hand their results to the controller; the controller writes the baseline once."""
     config = session.config
-    if _is_worker(config) and _STATE in config.stash:
-        import json
+    if _STATE not in config.stash:
+        return
+    state = config.stash[_STATE]
+    if _is_worker(config):
+        results = [r.to_wire() for r in state.results.values()]
+        config.workeroutput["tokenbudget"] = json.dumps(  # type: ignore[attr-defined]
+            {"results": results, "collected": sorted(state.collected)})
+        return
+    if state.settings.update and state.settings.baseline_path is not None:
+        from ._reporting import update_baseline
 
-        results = [r.to_wire() for r in config.stash[_STATE].results.values()]
-        config.workeroutput["tokenbudget"] = json.dumps(results)  # type: ignore[attr-defined]
+        update_baseline(state)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: merge a finished worker's results."""
-    import json
-
     payload = getattr(node, "workeroutput", {}).get("tokenbudget")
     if payload is None:
         return
     state = node.config.stash[_STATE]
-    for data in json.loads(payload):
-        result = TestResult.from_wire(data)
+    data = json.loads(payload)
+    state.collected.update(data["collected"])
+    for wire in data["results"]:
+        result = TestResult.from_wire(wire)
         state.results[result.nodeid] = result
 
 

@@ -374,9 +374,19 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
     return lines
 
 
-def render_markdown(report: Report, *, title: str = "Token budget") -> str:
-    """The report as GitHub-flavoured Markdown (for ``GITHUB_STEP_SUMMARY``)."""
+def render_markdown(report: Report, *, title: str = "Token budget", gate: Sequence[str] = ()) -> str:
+    """The report as GitHub-flavoured Markdown (for ``GITHUB_STEP_SUMMARY``), gate verdicts first."""
     out = [f"## {title}", ""]
+    failures = [line for line in gate if ": FAIL " in line]
+    if failures:
+        out.append(f"**{len(failures)} gate failure(s)**")
+        out.append("")
+        out.extend(f"- :x: `{line.split(': FAIL ', 1)[0]}`: {line.split(': FAIL ', 1)[1]}" for line in failures)
+        out.append("")
+    others = [line for line in gate if ": FAIL " not in line]
+    if others:
+        out.extend(f"- {line}" for line in others)
+        out.append("")
     if report.tests:
         out.append("| test | turns | input | cache write | cache read | output | hit rate | cost USD |")
         out.append("|---|--:|--:|--:|--:|--:|--:|--:|")

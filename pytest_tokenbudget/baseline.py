@@ -1,0 +1,259 @@
+"""The committed baseline, and the gate that compares a run with it.
+
+``tokenbudget-baseline.json`` holds, per test, its token totals, cost, cache hit rate and the
+fingerprints of its cached prefixes per turn (``schemas/baseline.schema.json``). It is written
+sorted and indented, atomically, once per session (by the xdist controller), so its diff in a pull
+request shows what changed. The gate fails a test when, against its entry:
+
+* its cost grows by more than ``max_cost_increase`` (default +10%) and, when set, by more than
+  ``max_cost_increase_usd``;
+* its tokens grow by more than ``max_tokens_increase`` (off by default);
+* its cache hit rate drops by more than ``max_hit_rate_drop`` (default 5 points);
+* a cached prefix's fingerprint changed (``fail_on_prefix_change``, default on): every live
+  conversation would rebuild its cache.
+
+Falling past a threshold the other way is reported as "baseline stale", never silently passed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._atomic import write_atomic
+from ._validate import schema_problems
+from .budgets import Budget
+from .errors import ConfigError
+from .prefix import Difference
+
+__all__ = ["BaselineEntry", "GateResult", "compare", "load_baseline", "merge_baseline", "write_baseline"]
+
+BASELINE_NAME = "tokenbudget-baseline.json"
+
+
+@dataclass(frozen=True)
+class BaselineEntry:
+    """One test's numbers as the baseline keeps them."""
+
+    turns: int
+    input_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal | None
+    cache_hit_rate: float
+    cached_prefixes: tuple[Mapping[str, Any], ...] = ()
+    estimated: bool = False
+
+    @property
+    def total_input_tokens(self) -> int:
+        """All input tokens."""
+        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry as written (sorted keys are applied by the writer)."""
+        out: dict[str, Any] = {
+            "turns": self.turns,
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": float(self.cost_usd) if self.cost_usd is not None else None,
+            "cache_hit_rate": round(self.cache_hit_rate, 6),
+            "cached_prefixes": [dict(p) for p in self.cached_prefixes],
+        }
+        if self.estimated:
+            out["estimated"] = True
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BaselineEntry:
+        """Read an entry written by :meth:`as_json`."""
+        cost = data.get("cost_usd")
+        return cls(
+            turns=int(data["turns"]),
+            input_tokens=int(data["input_tokens"]),
+            cache_creation_input_tokens=int(data["cache_creation_input_tokens"]),
+            cache_read_input_tokens=int(data["cache_read_input_tokens"]),
+            output_tokens=int(data["output_tokens"]),
+            cost_usd=Decimal(str(cost)) if cost is not None else None,
+            cache_hit_rate=float(data["cache_hit_rate"]),
+            cached_prefixes=tuple(data.get("cached_prefixes") or ()),
+            estimated=bool(data.get("estimated", False)),
+        )
+
+
+def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
+    """Read the baseline; ``None`` when the file does not exist.
+
+    Raises:
+        ConfigError: the file is not valid JSON or breaks the schema (file, JSON path, fix).
+    """
+    if not path.is_file():
+        return None
+    fix = f"restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        line = getattr(err, "lineno", None)
+        raise ConfigError("the token budget baseline cannot be read",
+                          file=f"{path}" + (f", line {line}" if line else ""),
+                          why=f"not valid JSON: {err}", fix=fix) from None
+    problems = schema_problems(data, None, "baseline.schema.json")
+    if problems:
+        raise ConfigError("the token budget baseline is invalid", file=str(path), why=problems[0][1],
+                          details=[f"also: {p[1]}" for p in problems[1:4]], fix=fix)
+    return {test: BaselineEntry.from_json(entry) for test, entry in data["tests"].items()}
+
+
+def write_baseline(path: Path, entries: Mapping[str, BaselineEntry]) -> None:
+    """Write the baseline atomically: sorted, indented, one trailing newline."""
+    document = {
+        "schema_version": 1,
+        "generated_by": f"pytest-tokenbudget {__version__}",
+        "tests": {test: entries[test].as_json() for test in sorted(entries)},
+    }
+    write_atomic(path, json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Merge:
+    """What an update does to the baseline."""
+
+    entries: dict[str, BaselineEntry]
+    updated: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+
+def merge_baseline(
+    old: Mapping[str, BaselineEntry] | None,
+    new: Mapping[str, BaselineEntry],
+    *,
+    collected: Iterable[str],
+    rootdir: Path,
+) -> Merge:
+    """The baseline after an update: tests that ran replace their entries; gone tests are pruned.
+
+    An entry is pruned when its test file no longer exists, or when its file was collected in
+    this session and the test was not (renamed or deleted). Entries of tests that exist but did
+    not run (deselected, other files) are kept and listed as ``stale``: a partial run never
+    drops what it did not see.
+    """
+    collected = set(collected)
+    collected_files = {test.split("::")[0] for test in collected}
+    merged = Merge(entries=dict(new), updated=sorted(new))
+    for test, entry in (old or {}).items():
+        if test in new:
+            continue
+        module = test.split("::")[0]
+        if not (rootdir / module).exists() or (module in collected_files and test not in collected):
+            merged.pruned.append(test)
+        else:
+            merged.entries[test] = entry
+            merged.stale.append(test)
+    merged.pruned.sort()
+    merged.stale.sort()
+    return merged
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict on one test."""
+
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    prefix_change: list[str] = field(default_factory=list)
+
+
+def _relative(new: Decimal | int, old: Decimal | int) -> float | None:
+    return float((Decimal(new) - Decimal(old)) / Decimal(old)) if old else None
+
+
+def compare(
+    current: BaselineEntry,
+    base: BaselineEntry,
+    budget: Budget,
+    *,
+    first_change: tuple[int, Difference] | None = None,
+    rebuild_cost: Any = None,
+) -> GateResult:
+    """Judge ``current`` against its baseline entry with the budget's thresholds.
+
+    Args:
+        current: this run's numbers.
+        base: the baseline's numbers.
+        budget: thresholds (``max_cost_increase``...), defaults applied.
+        first_change: (turn, difference) of the first request that departs from its recording,
+            when the run replayed a changed prompt: names the exact place a prefix changed.
+        rebuild_cost: ``callable(model, tokens) -> Decimal | None``, the extra cost of writing
+            ``tokens`` instead of reading them (to price a cache rebuild).
+    """
+    result = GateResult()
+    mark = " (estimated)" if current.estimated else ""
+    if current.cost_usd is not None and base.cost_usd is not None:
+        increase = current.cost_usd - base.cost_usd
+        relative = _relative(current.cost_usd, base.cost_usd)
+        threshold = budget.gate_cost_increase
+        floor = budget.max_cost_increase_usd
+        change = (f"cost ${current.cost_usd:.6f}{mark} vs baseline ${base.cost_usd:.6f} "
+                  f"({'+' if increase >= 0 else '-'}${abs(increase):.6f}"
+                  + (f", {relative:+.1%}" if relative is not None else "") + ")")
+        if relative is not None and relative > threshold and (floor is None or increase > floor):
+            result.failures.append(f"{change}: over the +{threshold:.0%} threshold")
+        elif relative is not None and relative < -threshold and (floor is None or -increase > floor):
+            result.notes.append(f"baseline stale: {change}; accept the saving with --token-budget-update")
+        elif increase:
+            result.notes.append(change)
+    if budget.max_tokens_increase is not None:
+        now = current.total_input_tokens + current.output_tokens
+        before = base.total_input_tokens + base.output_tokens
+        relative = _relative(now, before)
+        if relative is not None and relative > budget.max_tokens_increase:
+            result.failures.append(f"{now:,} tokens{mark} vs baseline {before:,} ({relative:+.1%}): over the "
+                                   f"+{budget.max_tokens_increase:.0%} threshold")
+    drop = base.cache_hit_rate - current.cache_hit_rate
+    if drop > budget.gate_hit_rate_drop:
+        result.failures.append(f"cache hit rate {current.cache_hit_rate:.1%}{mark} vs baseline "
+                               f"{base.cache_hit_rate:.1%} (-{drop * 100:.1f} points): over the "
+                               f"{budget.gate_hit_rate_drop * 100:.0f}-point threshold")
+    elif -drop > budget.gate_hit_rate_drop:
+        result.notes.append(f"baseline stale: cache hit rate rose to {current.cache_hit_rate:.1%} "
+                            f"from {base.cache_hit_rate:.1%}")
+    changed = _changed_prefixes(base.cached_prefixes, current.cached_prefixes)
+    if changed:
+        turn, model, point = changed[0]
+        tokens = point.get("tokens") or 0
+        where = f"turn {turn}: the prefix cached at {point['path']} ({tokens:,} tokens) is no longer sent"
+        if first_change is not None:
+            change_turn, difference = first_change
+            where = f"turn {change_turn}: {difference.describe()}; " + where.split(": ", 1)[1]
+        largest = max((int(p.get("tokens") or 0), m) for _t, m, p in changed)
+        extra = rebuild_cost(largest[1], largest[0]) if rebuild_cost else None
+        cost = f", about ${extra:.6f} more per conversation" if extra is not None else ""
+        lines = [where,
+                 f"every live conversation rebuilds its cache: {largest[0]:,} cached tokens thrown away per run{cost}"]
+        result.prefix_change.extend(lines)
+        if budget.gate_prefix_change:
+            result.failures.extend(lines)
+        else:
+            result.notes.extend(lines)
+    return result
+
+
+def _changed_prefixes(
+    base: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str, Mapping[str, Any]]]:
+    """(turn, model, baseline breakpoint) for every cached baseline prefix the run no longer sends."""
+    out = []
+    for turn, (old, new) in enumerate(zip(base, current, strict=False)):
+        sent = {p["fingerprint"] for p in new.get("breakpoints", [])}
+        for point in old.get("breakpoints", []):
+            if point["fingerprint"] not in sent:
+                out.append((turn, str(old.get("model")), point))
+    return out

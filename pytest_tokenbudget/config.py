@@ -1,0 +1,127 @@
+"""The config file: ``tokenbudget.yaml`` (or ``[tool.tokenbudget]`` in ``pyproject.toml``).
+
+    # tokenbudget.yaml
+    defaults:                       # every test that talks to Claude
+      max_cost_usd: 0.50
+      max_cost_increase: 0.10       # the gate: +10% over the baseline fails
+    tests:                          # node id globs, in order; later patterns win per key
+      "tests/test_agent.py::test_refund*":
+        max_cost_usd: 0.05
+        min_cache_hit_rate: 0.6
+        prefix_stable: true
+    baseline: tokenbudget-baseline.json
+    prices: [tokenbudget-prices.yaml]
+
+Validated against ``schemas/config.schema.json``: a typo is an error naming the key, the file and
+the line. A marker on a test wins over the file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._validate import json_path, load_yaml, schema_problems
+from .budgets import Budget
+from .errors import ConfigError
+
+__all__ = ["CONFIG_NAMES", "Config", "load_config"]
+
+CONFIG_NAMES = ("tokenbudget.yaml", "tokenbudget.yml")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The loaded config (empty when there is no file)."""
+
+    path: str | None = None
+    defaults: Budget = field(default_factory=Budget)
+    patterns: tuple[tuple[str, Budget], ...] = ()
+    baseline: str | None = None
+    prices: tuple[str, ...] = ()
+
+    def budget_for(self, nodeid: str) -> Budget:
+        """Defaults, then each matching pattern in file order."""
+        budget = self.defaults
+        for pattern, override in self.patterns:
+            if fnmatch.fnmatchcase(nodeid, pattern):
+                budget = override.over(budget)
+        return budget
+
+
+def load_config(rootdir: Path, explicit: str | None = None) -> Config:
+    """Find and read the config: ``explicit``, else ``tokenbudget.yaml``, else ``pyproject.toml``.
+
+    Raises:
+        ConfigError: the file is invalid (key, file and line named).
+    """
+    if explicit:
+        path = Path(explicit) if Path(explicit).is_absolute() else rootdir / explicit
+        if path.suffix == ".toml":
+            return _from_pyproject(path, required=True)
+        return _from_yaml(path)
+    for name in CONFIG_NAMES:
+        if (rootdir / name).is_file():
+            return _from_yaml(rootdir / name)
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        return _from_pyproject(pyproject, required=False)
+    return Config()
+
+
+def _from_yaml(path: Path) -> Config:
+    data, _root = load_yaml(path, "config.schema.json", ConfigError, what="token budget config",
+                            fix="see the format in pytest_tokenbudget.config")
+    if not isinstance(data, dict):
+        raise ConfigError("token budget config is invalid", file=str(path), why="expected a mapping")
+    return _build(data, str(path))
+
+
+def _from_pyproject(path: Path, *, required: bool) -> Config:
+    text = path.read_text("utf-8")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("pyproject.toml is not valid TOML", file=str(path), why=str(err)) from None
+    data = document.get("tool", {}).get("tokenbudget")
+    if data is None:
+        if required:
+            raise ConfigError("no [tool.tokenbudget] table", file=str(path), fix="add one, or point at a YAML file")
+        return Config()
+    problems = schema_problems(data, None, "config.schema.json")
+    if problems:
+        message = problems[0][1]
+        key = re.findall(r"'([^']+)'", message)
+        line = _toml_line(text, key[0] if key else "")
+        raise ConfigError("token budget config is invalid",
+                          file=f"{path}" + (f", line {line}" if line else ""), why=f"[tool.tokenbudget] {message}",
+                          details=[f"also: {p[1]}" for p in problems[1:]],
+                          fix="correct the key (the schema is pytest_tokenbudget/schemas/config.schema.json)")
+    return _build(data, f"{path} [tool.tokenbudget]")
+
+
+def _toml_line(text: str, key: str) -> int | None:
+    inside = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = stripped.startswith("[tool.tokenbudget")
+            if inside and key and key in stripped:
+                return number
+            continue
+        if inside and key and re.match(rf'^\s*"?{re.escape(key)}"?\s*=', line):
+            return number
+    return None
+
+
+def _build(data: dict[str, Any], where: str) -> Config:
+    defaults = Budget.from_mapping(data.get("defaults") or {}, where=f"{where}: defaults")
+    patterns = tuple(
+        (str(pattern), Budget.from_mapping(values or {}, where=f"{where}: tests{json_path([pattern])}"))
+        for pattern, values in (data.get("tests") or {}).items()
+    )
+    return Config(where, defaults, patterns, data.get("baseline"), tuple(data.get("prices") or ()))
