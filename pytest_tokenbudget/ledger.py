@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,6 +336,39 @@ class Ledger:
         lines.append("verdicts:")
         lines.extend(f"  {line}" for line in analysis.verdict_lines())
         raise AssertionError("\n".join(lines))
+
+    def assert_budget(self, **limits: Any) -> None:
+        """Fail when the turns so far break any of these limits (the marker's keywords).
+
+        Accepts ``max_cost_usd``, ``max_input_tokens`` (all input: uncached + cache writes +
+        reads), ``max_output_tokens``, ``max_turns``, ``min_cache_hit_rate``, ``prefix_stable``.
+        Costs use genai-prices at today's prices.
+
+        Raises:
+            AssertionError: listing each breach and every turn's verdict.
+            ConfigError: an unknown keyword or a bad value.
+        """
+        from .budgets import Budget, check_budget
+
+        budget = Budget.from_mapping(limits, where="token_ledger.assert_budget()")
+        totals = self.totals()
+        cost = None
+        if budget.max_cost_usd is not None:
+            from .pricing import Pricer
+
+            pricer = Pricer()
+            cost = sum((pricer.price(turn).cost_usd for turn in self.turns), Decimal(0))
+        analysis = self.cache_analysis() if budget.prefix_stable or budget.min_cache_hit_rate is not None else None
+        breaches = check_budget(
+            budget, turns=totals.turns, input_tokens=totals.total_input_tokens, output_tokens=totals.output_tokens,
+            cost_usd=cost, cache_hit_rate=totals.cache_hit_rate,
+            prefix_breaks=[d.describe() for d in analysis.divergences] if analysis else [],
+        )
+        if breaches:
+            lines = ["over the token budget:", *(f"  {b}" for b in breaches)]
+            if analysis is not None:
+                lines.extend(["verdicts:", *(f"  {line}" for line in analysis.verdict_lines())])
+            raise AssertionError("\n".join(lines))
 
     def assert_cache_hit_rate(self, min: float) -> None:  # noqa: A002 - the documented keyword
         """Fail when the cache hit rate (reads over all input tokens) is below ``min`` (0-1).

@@ -22,12 +22,18 @@ NETWORK_GUARD = '''
 import os
 import socket
 
-if os.environ.get("TB_BLOCK_NETWORK") == "1":
-    def _blocked(self, *args, **kwargs):
-        raise OSError("network blocked by the test (TB_BLOCK_NETWORK=1)")
+import pytest
 
-    socket.socket.connect = _blocked
-    socket.socket.connect_ex = _blocked
+
+@pytest.fixture(autouse=True)
+def _block_network(monkeypatch):
+    # Patched per test and undone after it: pytester's in-process runs share this process.
+    if os.environ.get("TB_BLOCK_NETWORK") == "1":
+        def _blocked(self, *args, **kwargs):
+            raise OSError("network blocked by the test (TB_BLOCK_NETWORK=1)")
+
+        monkeypatch.setattr(socket.socket, "connect", _blocked)
+        monkeypatch.setattr(socket.socket, "connect_ex", _blocked)
 '''
 
 # A multi-turn, tool-using support agent: cache_control on tools and system, one streamed turn

@@ -1,0 +1,203 @@
+"""End to end: the baseline and the gate, offline, as a pull request would run them."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import NETWORK_GUARD, read_json
+
+pytestmark = pytest.mark.usefixtures("no_api_key")
+
+AGENT = '''
+import anthropic
+from pytest_tokenbudget.emulator import Reply
+
+SYSTEM_TEXT = "You are the refund agent of the shop. Check the order before refunding. " * 80
+QUESTION = "Where is my order 42?"
+
+
+def ask(turns=3):
+    client = anthropic.Anthropic()
+    messages = [{"role": "user", "content": QUESTION}]
+    for k in range(turns):
+        reply = client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=64, messages=messages,
+            system=[{"type": "text", "text": SYSTEM_TEXT, "cache_control": {"type": "ephemeral"}}],
+        )
+        messages += [{"role": "assistant", "content": reply.content[0].text},
+                     {"role": "user", "content": f"And then? ({k})"}]
+
+
+def test_refund(anthropic_emulator):
+    anthropic_emulator.script(*[Reply.text(f"Step {k}: checking the order.") for k in range(3)])
+    ask()
+'''
+
+
+def _project(pytester: pytest.Pytester, body: str = AGENT) -> None:
+    pytester.makeconftest(NETWORK_GUARD)
+    pytester.makepyfile(test_refund=body)
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+@pytest.fixture
+def recorded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The agent recorded through the emulator and a baseline written from it; the network is blocked after."""
+    _project(pytester)
+    _run(pytester, "--token-budget-record=once").assert_outcomes(passed=1)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    result = _run(pytester, "--token-budget-update")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*baseline tokenbudget-baseline.json: 1 test(s) written"])
+    return pytester
+
+
+def _baseline(pytester: pytest.Pytester) -> dict:  # type: ignore[type-arg]
+    return read_json(pytester.path / "tokenbudget-baseline.json")  # type: ignore[no-any-return]
+
+
+def test_baseline_is_sorted_stable_and_holds_fingerprints(recorded: pytest.Pytester) -> None:
+    """The baseline holds totals, cost, hit rate and per-turn cached prefixes; an unchanged run passes the gate."""
+    text = (recorded.path / "tokenbudget-baseline.json").read_text()
+    document = json.loads(text)
+    entry = document["tests"]["test_refund.py::test_refund"]
+    assert (entry["turns"], entry["cache_creation_input_tokens"], entry["cache_read_input_tokens"]) == (3, 1447, 2894)
+    assert [p["breakpoints"][0]["path"] for p in entry["cached_prefixes"]] == ["system[0]"] * 3
+    assert len({p["breakpoints"][0]["fingerprint"] for p in entry["cached_prefixes"]}) == 1
+    assert text == json.dumps(document, indent=2, sort_keys=True) + "\n"
+    result = _run(recorded, "--token-budget")
+    result.assert_outcomes(passed=1)
+    assert "FAIL" not in result.stdout.str()
+    assert (recorded.path / "tokenbudget-baseline.json").read_text() == text
+
+
+def test_edit_before_the_breakpoint_fails_the_gate_with_path_and_offset(recorded: pytest.Pytester) -> None:
+    """A system prompt edit (inside the cached prefix) fails offline, naming path, offset and the cost."""
+    _project(recorded, AGENT.replace("Check the order before refunding.", "Check the order before any refund."))
+    result = _run(recorded, "--token-budget")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*tokenbudget: the change breaks the token budget gate",
+        '*- turn 0: system[[]0].text, offset 61: …"he shop. Check the order before refunding. You are the refund ag"… '
+        '-> …"he shop. Check the order before any refund. You are the refund a"…; the prefix cached at system[[]0] '
+        "(1,447 tokens) is no longer sent",
+        # 1,447 tokens written at $3.75/MTok instead of read at $0.30/MTok (Sonnet 4.6).
+        "*- every live conversation rebuilds its cache: 1,447 cached tokens thrown away per run, about $0.004992 "
+        "more per conversation",
+        "*where the tokens went:",
+        "*fix:  if intended, accept it: pytest test_refund.py::test_refund --token-budget --token-budget-update*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+    # Without --token-budget, replay is strict: the changed request fails as a departure.
+    strict = _run(recorded)
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*tokenbudget: a request departs from its recording*"])
+
+
+def test_edit_after_the_last_breakpoint_passes_with_an_estimated_cost_change(recorded: pytest.Pytester) -> None:
+    """An edit after the cached prefix keeps every fingerprint; the report gives the estimated cost change."""
+    _project(recorded, AGENT.replace('"Where is my order 42?"', '"Where is my order 42, please?"'))
+    result = _run(recorded, "--token-budget", "--token-budget-json=report.json")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    assert "FAIL" not in out
+    assert "turn 0 changed since recording: messages[0].content, offset 20" in out
+    assert re.search(r"cost \$0\.00\d+ \(estimated\) vs baseline \$0\.00\d+ \(\+\$0\.0000\d+, \+0\.\d%\)", out), out
+    turns = read_json(recorded.path / "report.json")["tests"][0]["turns"]
+    assert [t["cache"]["verdict"] for t in turns] == ["write", "hit", "hit"]
+    method = turns[0]["cache"]["estimated"]["method"]
+    assert method == ("recorded 1,460 input tokens + 8 characters x 0.2500 tokens/character "
+                      "(this recording's own ratio) = 1,462")
+
+
+def test_update_accepts_a_change_and_the_gate_then_passes(recorded: pytest.Pytester) -> None:
+    """``--token-budget-update`` accepts the change: the baseline's fingerprints change and the gate passes."""
+    before = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
+    _project(recorded, AGENT.replace("Check the order before refunding.", "Check the order before any refund."))
+    _run(recorded, "--token-budget").assert_outcomes(failed=1)
+    _run(recorded, "--token-budget-update").assert_outcomes(passed=1)
+    after = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
+    assert after["estimated"] is True
+    assert after["cached_prefixes"][0]["breakpoints"][0]["fingerprint"] != \
+        before["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
+    _run(recorded, "--token-budget").assert_outcomes(passed=1)
+
+
+def test_a_25_percent_cost_increase_fails_at_the_10_percent_threshold(recorded: pytest.Pytester) -> None:
+    """More uncached input after the breakpoint: +25% or more fails the default +10% cost threshold."""
+    _project(recorded, AGENT.replace('"Where is my order 42?"', '"Where is my order 42? " + "Details follow. " * 60'))
+    result = _run(recorded, "--token-budget")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    match = re.search(r"cost \$(\S+) \(estimated\) vs baseline \$(\S+) \(\+\$\S+, \+(\d+\.\d)%\): over the \+10% "
+                      r"threshold", out)
+    assert match, out
+    assert float(match.group(3)) >= 25.0
+    # A per-test threshold in tokenbudget.yaml lets it through.
+    (recorded.path / "tokenbudget.yaml").write_text(
+        'tests:\n  "test_refund.py::*":\n    max_cost_increase: 0.5\n    max_hit_rate_drop: 0.2\n')
+    _run(recorded, "--token-budget").assert_outcomes(passed=1)
+
+
+def test_a_corrupted_baseline_is_a_usage_error(recorded: pytest.Pytester) -> None:
+    """A truncated baseline stops the session at start-up with the file and the fix, not a traceback."""
+    path = recorded.path / "tokenbudget-baseline.json"
+    path.write_text(path.read_text()[:200])
+    result = _run(recorded, "--token-budget")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "*tokenbudget: the token budget baseline cannot be read",
+        f"*file: {path}, line *",
+        "*why:  not valid JSON: *",
+        "*fix:  restore it from version control, or rewrite it: pytest --token-budget --token-budget-update",
+    ])
+    assert "Traceback" not in result.stderr.str()
+    path.write_text('{"schema_version": 1, "tests": {"t": {"turns": "three"}}}')
+    invalid = _run(recorded, "--token-budget")
+    assert invalid.ret == pytest.ExitCode.USAGE_ERROR
+    invalid.stderr.fnmatch_lines(["*tokenbudget: the token budget baseline is invalid*"])
+
+
+def test_update_prunes_tests_that_no_longer_exist_and_keeps_deselected_ones(recorded: pytest.Pytester) -> None:
+    """Entries of deleted tests are pruned on update; tests that exist but did not run keep their entry."""
+    document = _baseline(recorded)
+    entry = document["tests"]["test_refund.py::test_refund"]
+    document["tests"]["test_refund.py::test_renamed_away"] = entry
+    document["tests"]["test_gone.py::test_old"] = entry
+    (recorded.path / "tokenbudget-baseline.json").write_text(json.dumps(document))
+    recorded.makepyfile(test_other="def test_other():\n    assert True\n")
+    result = _run(recorded, "--token-budget-update", "-k", "test_other")
+    result.stdout.fnmatch_lines([
+        "*pruned 2 entries for tests that no longer exist: test_gone.py::test_old, test_refund.py::test_renamed_away",
+        "*kept 1 entry for tests that did not run: test_refund.py::test_refund",
+    ])
+    assert sorted(_baseline(recorded)["tests"]) == ["test_refund.py::test_refund"]
+
+
+def test_xdist_writes_one_identical_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``-n 2`` the controller writes the baseline once, identical to a serial run's."""
+    _project(pytester, AGENT + textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.parametrize("turns", [1, 2, 3])
+        def test_more(anthropic_emulator, turns):
+            anthropic_emulator.script(*[Reply.text("ok") for _ in range(turns)])
+            ask(turns)
+    '''))
+    _run(pytester, "--token-budget-record=once").assert_outcomes(passed=4)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    _run(pytester, "--token-budget-update").assert_outcomes(passed=4)
+    serial = (pytester.path / "tokenbudget-baseline.json").read_bytes()
+    (pytester.path / "tokenbudget-baseline.json").unlink()
+    parallel = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--token-budget-update")
+    parallel.assert_outcomes(passed=4)
+    assert (pytester.path / "tokenbudget-baseline.json").read_bytes() == serial
+    assert sorted(p.name for p in Path(pytester.path).iterdir() if "baseline" in p.name) == [
+        "tokenbudget-baseline.json"]
