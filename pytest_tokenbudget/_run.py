@@ -237,12 +237,9 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
         ledger = ledger.with_estimates(analysis)
         result.ledger = ledger
     result.cache = [t.as_dict() for t in analysis.turns] if analysis is not None else None
-    needs_price = settings.report or budget.max_cost_usd is not None
-    entry = None
-    if needs_price:
-        from .report import build_entry
+    from .report import build_entry
 
-        entry = build_entry(nodeid, state.display_id(recorder.cassette_path), ledger, state.pricer, result.cache)
+    entry = build_entry(nodeid, state.display_id(recorder.cassette_path), ledger, state.pricer, result.cache)
     totals = ledger.totals()
     estimated = any(t.estimated for t in ledger.turns)
     breaches = check_budget(
@@ -250,12 +247,12 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
         turns=totals.turns,
         input_tokens=totals.total_input_tokens,
         output_tokens=totals.output_tokens,
-        cost_usd=entry.cost_usd if entry is not None else None,
+        cost_usd=entry.cost_usd,
         cache_hit_rate=totals.cache_hit_rate,
         prefix_breaks=[d.describe() for d in analysis.divergences] if analysis is not None else [],
         estimated=estimated,
     )
-    if entry is not None and analysis is not None:
+    if analysis is not None:
         result.baseline = baseline_entry(entry, result.cache or [], estimated)
     gate = GateResult()
     base = (state.baseline or {}).get(nodeid)
