@@ -20,14 +20,11 @@ import anthropic
 PLANNER_MODEL = "claude-opus-5"
 WORKER_MODEL = "claude-haiku-4-5"
 
-POLICY = (
-    "You are the support agent of Northwind Outfitters, an online shop for outdoor gear.\n"
-    + "\n".join(
-        f"Policy {n}: refunds for damaged items are granted within 30 days of delivery; "
-        "refunds above 100 EUR need the order id, the damaged line and a photo reference; "
-        "always check the order before refunding and never refund twice for the same line."
-        for n in range(1, 81)
-    )
+POLICY = "You are the support agent of Northwind Outfitters, an online shop for outdoor gear.\n" + "\n".join(
+    f"Policy {n}: refunds for damaged items are granted within 30 days of delivery; "
+    "refunds above 100 EUR need the order id, the damaged line and a photo reference; "
+    "always check the order before refunding and never refund twice for the same line."
+    for n in range(1, 81)
 )
 
 TOOLS: list[dict[str, Any]] = [

@@ -22,11 +22,15 @@ def update_baseline(state: RunState) -> None:
     write_baseline(path, merged.entries)
     state.update_lines = [f"baseline {state.display_id(path)}: {len(merged.updated)} test(s) written"]
     if merged.pruned:
-        state.update_lines.append(f"  pruned {len(merged.pruned)} entr{'y' if len(merged.pruned) == 1 else 'ies'} "
-                                  f"for tests that no longer exist: {', '.join(merged.pruned)}")
+        state.update_lines.append(
+            f"  pruned {len(merged.pruned)} entr{'y' if len(merged.pruned) == 1 else 'ies'} "
+            f"for tests that no longer exist: {', '.join(merged.pruned)}"
+        )
     if merged.stale:
-        state.update_lines.append(f"  kept {len(merged.stale)} entr{'y' if len(merged.stale) == 1 else 'ies'} "
-                                  f"for tests that did not run: {', '.join(merged.stale)}")
+        state.update_lines.append(
+            f"  kept {len(merged.stale)} entr{'y' if len(merged.stale) == 1 else 'ies'} "
+            f"for tests that did not run: {', '.join(merged.stale)}"
+        )
     failed = sorted(test for test, r in state.results.items() if r.baseline is not None and not r.passed)
     if failed:
         state.update_lines.append(f"  not updated (the test failed): {', '.join(failed)}")
@@ -38,8 +42,10 @@ def _gate_lines(state: RunState) -> list[str]:
         return list(state.update_lines)
     if state.baseline is None:
         if state.results and any(r.ledger.turns for r in state.results.values()):
-            lines.append(f"no baseline at {state.display_id(state.settings.baseline_path or Path())}: "
-                         "create it with --token-budget-update")
+            lines.append(
+                f"no baseline at {state.display_id(state.settings.baseline_path or Path())}: "
+                "create it with --token-budget-update"
+            )
         return lines
     for test, result in sorted(state.results.items()):
         if not result.ledger.turns:

@@ -106,9 +106,17 @@ class TestResult:
         """Rebuild a result sent by :meth:`to_wire`."""
         turns = [Turn(**turn) for turn in data["turns"]]
         baseline = BaselineEntry.from_json(data["baseline"]) if data.get("baseline") else None
-        return cls(data["nodeid"], Path(data["cassette"]), Ledger(turns), bool(data["recorded"]), data.get("cache"),
-                   baseline, list(data.get("gate_notes") or []), list(data.get("gate_failures") or []),
-                   bool(data.get("passed", True)))
+        return cls(
+            data["nodeid"],
+            Path(data["cassette"]),
+            Ledger(turns),
+            bool(data["recorded"]),
+            data.get("cache"),
+            baseline,
+            list(data.get("gate_notes") or []),
+            list(data.get("gate_failures") or []),
+            bool(data.get("passed", True)),
+        )
 
 
 _WIRE_FIELDS = tuple(f.name for f in fields(Turn) if f.name != "request")
@@ -261,14 +269,22 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
         first_change = None
         if first is not None and first.difference is not None and first.exchange in turn_of_exchange:
             first_change = (turn_of_exchange[first.exchange], first.difference)
-        gate = compare(result.baseline, base, budget, first_change=first_change,
-                       rebuild_cost=lambda model, tokens: _rebuild_cost(state.pricer, model, tokens))
+        gate = compare(
+            result.baseline,
+            base,
+            budget,
+            first_change=first_change,
+            rebuild_cost=lambda model, tokens: _rebuild_cost(state.pricer, model, tokens),
+        )
     result.gate_notes = gate.notes
     result.gate_failures = gate.failures
     for departure in recorder.departures:
         if departure.difference is not None and departure.exchange in turn_of_exchange:
-            result.gate_notes.insert(0, f"turn {turn_of_exchange[departure.exchange]} changed since recording: "
-                                        f"{departure.difference.describe()}")
+            result.gate_notes.insert(
+                0,
+                f"turn {turn_of_exchange[departure.exchange]} changed since recording: "
+                f"{departure.difference.describe()}",
+            )
             break
     if not breaches and not gate.failures:
         return Evaluation(result)
@@ -278,7 +294,9 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
 def _rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:
     """What writing ``tokens`` (5m) costs more than reading them, for ``model``."""
     try:
-        write = pricer.price_usage(model, {"input_tokens": 0, "cache_creation_input_tokens": tokens, "output_tokens": 0})
+        write = pricer.price_usage(
+            model, {"input_tokens": 0, "cache_creation_input_tokens": tokens, "output_tokens": 0}
+        )
         read = pricer.price_usage(model, {"input_tokens": 0, "cache_read_input_tokens": tokens, "output_tokens": 0})
     except TokenBudgetError:
         return None
@@ -296,31 +314,52 @@ def baseline_entry(entry: TestEntry, cache: list[dict[str, Any]], estimated: boo
         ]
         prefixes.append({"model": item.turn.model, "breakpoints": points})
     totals = entry.totals
-    return BaselineEntry(totals.turns, totals.input_tokens, totals.cache_creation_input_tokens,
-                         totals.cache_read_input_tokens, totals.output_tokens, entry.cost_usd,
-                         totals.cache_hit_rate, tuple(prefixes), estimated)
+    return BaselineEntry(
+        totals.turns,
+        totals.input_tokens,
+        totals.cache_creation_input_tokens,
+        totals.cache_read_input_tokens,
+        totals.output_tokens,
+        entry.cost_usd,
+        totals.cache_hit_rate,
+        tuple(prefixes),
+        estimated,
+    )
 
 
-def _failure(nodeid: str, breaches: list[str], gate: GateResult, entry: TestEntry | None, ledger: Ledger,
-             recorder: Recorder) -> TokenBudgetError:
+def _failure(
+    nodeid: str, breaches: list[str], gate: GateResult, entry: TestEntry | None, ledger: Ledger, recorder: Recorder
+) -> TokenBudgetError:
     rows = []
     costs = {id(item.turn): item.cost for item in entry.turns} if entry is not None else {}
     cache_by_turn = {item.turn.index: item.cache for item in entry.turns} if entry is not None else {}
     for turn in ledger.turns:
         cost = costs.get(id(turn))
         verdict = (cache_by_turn.get(turn.index) or {}).get("verdict", "")
-        rows.append([f"{turn.index}{'~' if turn.estimated else ''}", turn.model, f"{turn.input_tokens:,}",
-                     f"{turn.cache_creation_input_tokens:,}", f"{turn.cache_read_input_tokens:,}",
-                     f"{turn.output_tokens:,}", f"${cost.cost_usd:.6f}" if cost is not None else "n/a", verdict])
+        rows.append(
+            [
+                f"{turn.index}{'~' if turn.estimated else ''}",
+                turn.model,
+                f"{turn.input_tokens:,}",
+                f"{turn.cache_creation_input_tokens:,}",
+                f"{turn.cache_read_input_tokens:,}",
+                f"{turn.output_tokens:,}",
+                f"${cost.cost_usd:.6f}" if cost is not None else "n/a",
+                verdict,
+            ]
+        )
     details = [f"- {line}" for line in [*breaches, *gate.failures]]
     details.append("where the tokens went:")
     details.extend("  " + line for line in where_tokens_went(rows))
     if any(t.estimated for t in ledger.turns):
-        details.append("~ estimated: the request changed since it was recorded "
-                       "(re-record with a key to measure it exactly)")
+        details.append(
+            "~ estimated: the request changed since it was recorded (re-record with a key to measure it exactly)"
+        )
     if gate.failures:
-        fix = (f"if intended, accept it: pytest {shlex.quote(nodeid)} --token-budget --token-budget-update "
-               "(then review the baseline's diff)")
+        fix = (
+            f"if intended, accept it: pytest {shlex.quote(nodeid)} --token-budget --token-budget-update "
+            "(then review the baseline's diff)"
+        )
     else:
         fix = "reduce the tokens, or raise the budget in the marker or tokenbudget.yaml"
     what = "over its token budget" if breaches else "the change breaks the token budget gate"

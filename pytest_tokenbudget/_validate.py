@@ -60,8 +60,9 @@ def load_yaml(
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise error(f"{what} is not valid YAML", file=where + line, why=str(problem),
-                    fix="fix the YAML syntax") from None
+        raise error(
+            f"{what} is not valid YAML", file=where + line, why=str(problem), fix="fix the YAML syntax"
+        ) from None
     finally:
         loader.dispose()
     if root is None:
@@ -80,21 +81,28 @@ def load_yaml(
     return data, root
 
 
-def check_keys(node: yaml.Node, where: str, error: type[TokenBudgetError], what: str,
-               path: tuple[str | int, ...] = ()) -> None:
+def check_keys(
+    node: yaml.Node, where: str, error: type[TokenBudgetError], what: str, path: tuple[str | int, ...] = ()
+) -> None:
     """Reject non-string and repeated mapping keys (PyYAML keeps the last one silently)."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
-                raise error(f"{what} is invalid", file=f"{where}, line {line}",
-                            why=f"{json_path(path)}: key {key_node.value!r} is not a string", fix="quote the key")
+                raise error(
+                    f"{what} is invalid",
+                    file=f"{where}, line {line}",
+                    why=f"{json_path(path)}: key {key_node.value!r} is not a string",
+                    fix="quote the key",
+                )
             if key_node.value in seen:
-                raise error(f"{what} is invalid", file=f"{where}, line {line}",
-                            why=f"{json_path((*path, key_node.value))}: repeated key (first on line "
-                                f"{seen[key_node.value]})",
-                            fix="keep one of the two entries")
+                raise error(
+                    f"{what} is invalid",
+                    file=f"{where}, line {line}",
+                    why=f"{json_path((*path, key_node.value))}: repeated key (first on line {seen[key_node.value]})",
+                    fix="keep one of the two entries",
+                )
             seen[key_node.value] = line
             check_keys(value_node, where, error, what, (*path, key_node.value))
     elif isinstance(node, yaml.SequenceNode):
@@ -112,16 +120,22 @@ def schema_problems(data: Any, root: yaml.Node | None, schema_name: str) -> list
             allowed = sorted(err.schema.get("properties", {})) if isinstance(err.schema, Mapping) else []
             for key in sorted(str(k) for k in err.instance if k not in allowed):
                 hint = difflib.get_close_matches(key, allowed, n=1)
-                problems.append((
-                    line_of(root, (*path, key)),
-                    f"{json_path((*path, key))}: unknown key {key!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f"; accepted: {', '.join(allowed)}",
-                ))
+                problems.append(
+                    (
+                        line_of(root, (*path, key)),
+                        f"{json_path((*path, key))}: unknown key {key!r}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; accepted: {', '.join(allowed)}",
+                    )
+                )
         elif "propertyNames" in err.schema_path:
             key = str(err.instance)
-            problems.append((line_of(root, (*path, key)),
-                             f"{json_path((*path, key))}: bad key {key!r} ({err.schema.get('description', err.message)})"))
+            problems.append(
+                (
+                    line_of(root, (*path, key)),
+                    f"{json_path((*path, key))}: bad key {key!r} ({err.schema.get('description', err.message)})",
+                )
+            )
         else:
             problems.append((line_of(root, path), f"{json_path(path)}: {err.message}"))
     return sorted(problems, key=lambda p: (p[0] or 0, p[1]))

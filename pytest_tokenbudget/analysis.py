@@ -23,14 +23,15 @@ Verdicts: ``hit``, ``write``, ``miss_expected``, ``miss_unexpected``, ``below_mi
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
-from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
 from .ledger import Ledger, Turn
+from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
 
 __all__ = ["VERDICTS", "BreakpointInfo", "CacheAnalysis", "Divergence", "TurnCache", "analyze"]
 
@@ -46,8 +47,13 @@ VERDICTS = (
     "no_cache_control",
 )
 
-_API_LEVEL = {"model": "model_changed", "tools": "tools_changed", "system": "system_changed",
-              "messages": "messages_changed", "settings": "messages_changed"}
+_API_LEVEL = {
+    "model": "model_changed",
+    "tools": "tools_changed",
+    "system": "system_changed",
+    "messages": "messages_changed",
+    "settings": "messages_changed",
+}
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}|\b\d{1,2}:\d{2}(:\d{2})?\b|\b1[6-9]\d{8}(\d{3})?\b")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TOLERANCE = 0.05
@@ -103,9 +109,16 @@ class BreakpointInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (``turns[].cache.breakpoints[]``)."""
-        return {"level": self.level, "path": self.path, "ttl": self.ttl, "fingerprint": self.fingerprint,
-                "automatic": self.automatic, "tokens": self.tokens, "tokens_estimated": self.tokens_estimated,
-                "below_minimum": self.below_minimum}
+        return {
+            "level": self.level,
+            "path": self.path,
+            "ttl": self.ttl,
+            "fingerprint": self.fingerprint,
+            "automatic": self.automatic,
+            "tokens": self.tokens,
+            "tokens_estimated": self.tokens_estimated,
+            "below_minimum": self.below_minimum,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +152,8 @@ class TurnCache:
         if self.predicted_read is None or self.predicted_write is None:
             return False
         return _close(self.predicted_read, self.recorded_read, self.predicted_estimated) and _close(
-            self.predicted_write, self.recorded_write, self.predicted_estimated)
+            self.predicted_write, self.recorded_write, self.predicted_estimated
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (``turns[].cache``)."""
@@ -219,17 +233,26 @@ def prefix_divergence(previous: PromptLayout, current: PromptLayout) -> tuple[st
         return "model", 0, Difference("model", None, repr(previous.model), repr(current.model), "changed")
     if previous.settings["system"] != current.settings["system"]:
         level_start = _settings_block_index(current, "system")
-        return "model", level_start, _settings_difference("speed", previous.settings["system"],
-                                                          current.settings["system"])
+        return (
+            "model",
+            level_start,
+            _settings_difference("speed", previous.settings["system"], current.settings["system"]),
+        )
     limit = min(len(previous.blocks), len(current.blocks))
     first = next((i for i in range(limit) if previous.chain[i] != current.chain[i]), None)
     messages_start = min(_settings_block_index(previous, "messages"), _settings_block_index(current, "messages"))
     if previous.settings["messages"] != current.settings["messages"] and (first is None or first >= messages_start):
-        key = next(k for k in current.settings["messages"]
-                   if previous.settings["messages"].get(k) != current.settings["messages"].get(k))
+        key = next(
+            k
+            for k in current.settings["messages"]
+            if previous.settings["messages"].get(k) != current.settings["messages"].get(k)
+        )
         if key != "images" or first is None:
-            return "settings", messages_start, _settings_difference(key, previous.settings["messages"],
-                                                                     current.settings["messages"])
+            return (
+                "settings",
+                messages_start,
+                _settings_difference(key, previous.settings["messages"], current.settings["messages"]),
+            )
     if first is None:
         if len(current.blocks) >= len(previous.blocks):
             return None
@@ -252,8 +275,9 @@ def _settings_difference(key: str, old: Mapping[str, Any], new: Mapping[str, Any
     return Difference(key, None, repr(old.get(key)), repr(new.get(key)), "changed")
 
 
-def _guess_cause(level: str, difference: Difference | None, previous: PromptLayout, current: PromptLayout,
-                 block: int) -> str | None:
+def _guess_cause(
+    level: str, difference: Difference | None, previous: PromptLayout, current: PromptLayout, block: int
+) -> str | None:
     if difference is None:
         return None
     if level == "settings" or level == "model":
@@ -318,7 +342,7 @@ class _Tokens:
             anchors.append((last, max(anchors[-1][1], total - (tail or 0))))
         cumulative = [0] * len(blocks)
         estimated = [True] * len(blocks)
-        for (left, left_tokens), (right, right_tokens) in zip(anchors, anchors[1:], strict=False):
+        for (left, left_tokens), (right, right_tokens) in itertools.pairwise(anchors):
             left_chars = chars[left] if left >= 0 else 0
             span_chars = chars[right] - left_chars
             for i in range(left + 1, right + 1):
@@ -367,9 +391,19 @@ def analyze(
     for turn in turns:
         request = turn.request if isinstance(turn.request, Mapping) else None
         if request is None or not isinstance(request.get("messages"), list):
-            analysis.turns.append(TurnCache(turn.index, "miss_expected", "request body not available",
-                                            (), None, None, True, turn.cache_read_input_tokens,
-                                            turn.cache_creation_input_tokens))
+            analysis.turns.append(
+                TurnCache(
+                    turn.index,
+                    "miss_expected",
+                    "request body not available",
+                    (),
+                    None,
+                    None,
+                    True,
+                    turn.cache_read_input_tokens,
+                    turn.cache_creation_input_tokens,
+                )
+            )
             continue
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
@@ -405,8 +439,10 @@ def _estimate_total(turn: Turn, layout: PromptLayout, recorded: Mapping[str, Any
     old_chars = _request_chars(recorded)
     delta = new_chars - old_chars
     total = max(0, turn.total_input_tokens + round(delta * ratio))
-    method = (f"recorded {turn.total_input_tokens:,} input tokens {'+' if delta >= 0 else '-'} {abs(delta):,} "
-              f"characters x {ratio:.4f} tokens/character (this recording's own ratio) = {total:,}")
+    method = (
+        f"recorded {turn.total_input_tokens:,} input tokens {'+' if delta >= 0 else '-'} {abs(delta):,} "
+        f"characters x {ratio:.4f} tokens/character (this recording's own ratio) = {total:,}"
+    )
     return total, method
 
 
@@ -432,8 +468,10 @@ def _flag_unread_breakpoints(analysis: CacheAnalysis, turns: Sequence[Turn]) -> 
         if len(positions) >= 3 and len(fingerprints) == len(positions) and not (fingerprints & read):
             for position in positions:
                 result = analysis.turns[position]
-                note = (f"breakpoint at {path} changes every turn ({len(positions)} turns, "
-                        f"{len(fingerprints)} different prefixes): it writes and is never read")
+                note = (
+                    f"breakpoint at {path} changes every turn ({len(positions)} turns, "
+                    f"{len(fingerprints)} different prefixes): it writes and is never read"
+                )
                 analysis.turns[position] = TurnCache(**{**_fields(result), "notes": (*result.notes, note)})
 
 
@@ -469,13 +507,26 @@ def _analyse_turn(
             level, block, difference = found
             prev_cum = previous[2]
             lost = (prev_cum[-1] - (prev_cum[block - 1] if block > 0 else 0)) if prev_cum else None
-            divergence = Divergence(turn.index, previous[0], level, block, difference,
-                                    _guess_cause(level, difference, previous[1], layout, block), lost)
+            divergence = Divergence(
+                turn.index,
+                previous[0],
+                level,
+                block,
+                difference,
+                _guess_cause(level, difference, previous[1], layout, block),
+                lost,
+            )
     infos = tuple(
-        BreakpointInfo(p.level, p.path, p.ttl, p.fingerprint, p.automatic,
-                       cumulative[p.block] if cumulative else None,
-                       estimated[p.block] if estimated else True,
-                       bool(cumulative) and cumulative[p.block] < minimum)
+        BreakpointInfo(
+            p.level,
+            p.path,
+            p.ttl,
+            p.fingerprint,
+            p.automatic,
+            cumulative[p.block] if cumulative else None,
+            estimated[p.block] if estimated else True,
+            bool(cumulative) and cumulative[p.block] < minimum,
+        )
         for p in layout.breakpoints
     )
     recorded_read = turn.cache_read_input_tokens
@@ -485,9 +536,13 @@ def _analyse_turn(
         previous_by_model[model_key] = (turn.index, layout, cumulative)
         last_time[model_key] = now
         if recorded_read or recorded_write:
-            verdict, reason = "warm_from_outside", (
-                f"no cache_control, yet the API read {recorded_read:,} and wrote {recorded_write:,} tokens "
-                "(a breakpoint the API added itself, e.g. after a server tool result?)")
+            verdict, reason = (
+                "warm_from_outside",
+                (
+                    f"no cache_control, yet the API read {recorded_read:,} and wrote {recorded_write:,} tokens "
+                    "(a breakpoint the API added itself, e.g. after a server tool result?)"
+                ),
+            )
         else:
             verdict, reason = "no_cache_control", "no cache_control on any block: nothing is cached"
         return _finish(turn, verdict, reason, infos, 0, 0, False, divergence, notes)
@@ -503,24 +558,49 @@ def _analyse_turn(
         notes.append(f"request changed since recording: usage estimated ({estimate[1]})")
     estimate_flags = [estimated[p.block] for p in outcome.written]
     if outcome.hit_block is not None:
-        estimate_flags.append(estimated[outcome.hit_block] and store.entries[layout.chain[outcome.hit_block]].tokens
-                              != tokens.known.get(layout.chain[outcome.hit_block]))
+        estimate_flags.append(
+            estimated[outcome.hit_block]
+            and store.entries[layout.chain[outcome.hit_block]].tokens
+            != tokens.known.get(layout.chain[outcome.hit_block])
+        )
     predicted_estimated = any(estimate_flags)
 
-    verdict, reason = _verdict(turn, layout, outcome, cumulative, minimum, divergence, predicted_read,
-                               recorded_read, recorded_write, before, now)
+    verdict, reason = _verdict(
+        turn,
+        layout,
+        outcome,
+        cumulative,
+        minimum,
+        divergence,
+        predicted_read,
+        recorded_read,
+        recorded_write,
+        before,
+        now,
+    )
     if verdict != "below_minimum":
-        notes.extend(f"breakpoint at {p.path} caches nothing: its prefix, {cumulative[p.block]:,} tokens, is below "
-                     f"the minimum of {minimum:,}" for p in outcome.below_minimum)
+        notes.extend(
+            f"breakpoint at {p.path} caches nothing: its prefix, {cumulative[p.block]:,} tokens, is below "
+            f"the minimum of {minimum:,}"
+            for p in outcome.below_minimum
+        )
     if estimate is None:
         _learn(turn, layout, outcome, tokens, store, cumulative, minimum, now, recorded_read, recorded_write)
     previous_by_model[model_key] = (turn.index, layout, cumulative)
     last_time[model_key] = now
-    result = _finish(turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated,
-                     divergence, notes)
+    result = _finish(
+        turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated, divergence, notes
+    )
     if estimate is not None:
-        result = TurnCache(**{**_fields(result), "estimated_usage": estimated_usage, "estimate_method": estimate[1],
-                              "recorded_read": predicted_read, "recorded_write": predicted_write})
+        result = TurnCache(
+            **{
+                **_fields(result),
+                "estimated_usage": estimated_usage,
+                "estimate_method": estimate[1],
+                "recorded_read": predicted_read,
+                "recorded_write": predicted_write,
+            }
+        )
     return result
 
 
@@ -549,11 +629,15 @@ def _verdict(
         return "hit", f"read {recorded_read:,} cached tokens up to {where}{extra}"
     if predicted_read and not recorded_read:
         where = layout.blocks[hit_block].path if hit_block is not None else "?"
-        return "miss_unexpected", (f"expected to read {predicted_read:,} tokens cached up to {where}, "
-                                   f"but the API read none and wrote {recorded_write:,}")
+        return "miss_unexpected", (
+            f"expected to read {predicted_read:,} tokens cached up to {where}, "
+            f"but the API read none and wrote {recorded_write:,}"
+        )
     if recorded_read:
-        return "warm_from_outside", (f"read {recorded_read:,} tokens no earlier turn of this recording wrote: "
-                                     "the cache was warm from outside (an earlier run or another process)")
+        return "warm_from_outside", (
+            f"read {recorded_read:,} tokens no earlier turn of this recording wrote: "
+            "the cache was warm from outside (an earlier run or another process)"
+        )
     # Neither predicted nor recorded a read.
     if divergence is not None and _divergence_matters(divergence, layout, before, now):
         lost = f"; {divergence.tokens_lost:,} cached tokens cannot be reused" if divergence.tokens_lost else ""
@@ -563,20 +647,25 @@ def _verdict(
         return "expired", f"the cached prefix expired before this turn{gap}; rewrote {recorded_write:,} tokens"
     if not outcome.written and outcome.below_minimum:
         point = outcome.below_minimum[-1]
-        return "below_minimum", (f"breakpoint at {point.path} caches nothing: its prefix, "
-                                 f"{cumulative[point.block]:,} tokens, is below {layout.model}'s minimum of "
-                                 f"{minimum:,}")
+        return "below_minimum", (
+            f"breakpoint at {point.path} caches nothing: its prefix, "
+            f"{cumulative[point.block]:,} tokens, is below {layout.model}'s minimum of "
+            f"{minimum:,}"
+        )
     if recorded_write:
         points = ", ".join(f"{p.path} ({p.ttl})" for p in outcome.written) or "its breakpoints"
         return "write", f"first write: {recorded_write:,} tokens cached at {points}"
     if outcome.written:
-        return "miss_unexpected", (f"expected to write {outcome.cache_creation_input_tokens:,} tokens at "
-                                   f"{outcome.written[-1].path}, but the API wrote none")
+        return "miss_unexpected", (
+            f"expected to write {outcome.cache_creation_input_tokens:,} tokens at "
+            f"{outcome.written[-1].path}, but the API wrote none"
+        )
     return "miss_expected", "nothing cached to read, nothing to write"
 
 
-def _divergence_matters(divergence: Divergence, layout: PromptLayout, before: Mapping[str, tuple[float, int]],
-                        now: float) -> bool:
+def _divergence_matters(
+    divergence: Divergence, layout: PromptLayout, before: Mapping[str, tuple[float, int]], now: float
+) -> bool:
     # The change matters when the previous turn left a live entry the lookback could have reached.
     return any(expires > now for expires, _tokens in before.values())
 
@@ -615,8 +704,9 @@ def _learn(
     if recorded_read and hit is None:
         hit = _closest_position(layout, cumulative, recorded_read)
         ttl = next((p.ttl for p in layout.breakpoints if p.block >= hit), "5m")
-        store.entries[layout.chain[hit]] = CacheEntry(layout.chain[hit], recorded_read, ttl,
-                                                      now + TTL_SECONDS[ttl], now)
+        store.entries[layout.chain[hit]] = CacheEntry(
+            layout.chain[hit], recorded_read, ttl, now + TTL_SECONDS[ttl], now
+        )
     if recorded_read and hit is not None:
         tokens.known[layout.chain[hit]] = recorded_read
         store.entries[layout.chain[hit]].tokens = recorded_read
@@ -637,8 +727,9 @@ def _learn(
         if not written:
             return
         for point in written:
-            store.entries[point.fingerprint] = CacheEntry(point.fingerprint, recorded_read + recorded_write,
-                                                          point.ttl, now + TTL_SECONDS[point.ttl], now)
+            store.entries[point.fingerprint] = CacheEntry(
+                point.fingerprint, recorded_read + recorded_write, point.ttl, now + TTL_SECONDS[point.ttl], now
+            )
     last = written[-1]
     tokens.known[last.fingerprint] = recorded_read + recorded_write
     if last.block == len(layout.blocks) - 1:

@@ -96,18 +96,26 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
     """
     if not path.is_file():
         return None
-    fix = f"restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
+    fix = "restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         line = getattr(err, "lineno", None)
-        raise ConfigError("the token budget baseline cannot be read",
-                          file=f"{path}" + (f", line {line}" if line else ""),
-                          why=f"not valid JSON: {err}", fix=fix) from None
+        raise ConfigError(
+            "the token budget baseline cannot be read",
+            file=f"{path}" + (f", line {line}" if line else ""),
+            why=f"not valid JSON: {err}",
+            fix=fix,
+        ) from None
     problems = schema_problems(data, None, "baseline.schema.json")
     if problems:
-        raise ConfigError("the token budget baseline is invalid", file=str(path), why=problems[0][1],
-                          details=[f"also: {p[1]}" for p in problems[1:4]], fix=fix)
+        raise ConfigError(
+            "the token budget baseline is invalid",
+            file=str(path),
+            why=problems[0][1],
+            details=[f"also: {p[1]}" for p in problems[1:4]],
+            fix=fix,
+        )
     return {test: BaselineEntry.from_json(entry) for test, entry in data["tests"].items()}
 
 
@@ -201,9 +209,12 @@ def compare(
         relative = _relative(current.cost_usd, base.cost_usd)
         threshold = budget.gate_cost_increase
         floor = budget.max_cost_increase_usd
-        change = (f"cost ${current.cost_usd:.6f}{mark} vs baseline ${base.cost_usd:.6f} "
-                  f"({'+' if increase >= 0 else '-'}${abs(increase):.6f}"
-                  + (f", {relative:+.1%}" if relative is not None else "") + ")")
+        change = (
+            f"cost ${current.cost_usd:.6f}{mark} vs baseline ${base.cost_usd:.6f} "
+            f"({'+' if increase >= 0 else '-'}${abs(increase):.6f}"
+            + (f", {relative:+.1%}" if relative is not None else "")
+            + ")"
+        )
         if relative is not None and relative > threshold and (floor is None or increase > floor):
             result.failures.append(f"{change}: over the +{threshold:.0%} threshold")
         elif relative is not None and relative < -threshold and (floor is None or -increase > floor):
@@ -215,19 +226,24 @@ def compare(
         before = base.total_input_tokens + base.output_tokens
         relative = _relative(now, before)
         if relative is not None and relative > budget.max_tokens_increase:
-            result.failures.append(f"{now:,} tokens{mark} vs baseline {before:,} ({relative:+.1%}): over the "
-                                   f"+{budget.max_tokens_increase:.0%} threshold")
+            result.failures.append(
+                f"{now:,} tokens{mark} vs baseline {before:,} ({relative:+.1%}): over the "
+                f"+{budget.max_tokens_increase:.0%} threshold"
+            )
     drop = base.cache_hit_rate - current.cache_hit_rate
     if drop > budget.gate_hit_rate_drop:
-        result.failures.append(f"cache hit rate {current.cache_hit_rate:.1%}{mark} vs baseline "
-                               f"{base.cache_hit_rate:.1%} (-{drop * 100:.1f} points): over the "
-                               f"{budget.gate_hit_rate_drop * 100:.0f}-point threshold")
+        result.failures.append(
+            f"cache hit rate {current.cache_hit_rate:.1%}{mark} vs baseline "
+            f"{base.cache_hit_rate:.1%} (-{drop * 100:.1f} points): over the "
+            f"{budget.gate_hit_rate_drop * 100:.0f}-point threshold"
+        )
     elif -drop > budget.gate_hit_rate_drop:
-        result.notes.append(f"baseline stale: cache hit rate rose to {current.cache_hit_rate:.1%} "
-                            f"from {base.cache_hit_rate:.1%}")
+        result.notes.append(
+            f"baseline stale: cache hit rate rose to {current.cache_hit_rate:.1%} from {base.cache_hit_rate:.1%}"
+        )
     changed = _changed_prefixes(base.cached_prefixes, current.cached_prefixes)
     if changed:
-        turn, model, point = changed[0]
+        turn, _model, point = changed[0]
         tokens = point.get("tokens") or 0
         where = f"turn {turn}: the prefix cached at {point['path']} ({tokens:,} tokens) is no longer sent"
         if first_change is not None:
@@ -236,8 +252,10 @@ def compare(
         largest = max((int(p.get("tokens") or 0), m) for _t, m, p in changed)
         extra = rebuild_cost(largest[1], largest[0]) if rebuild_cost else None
         cost = f", about ${extra:.6f} more per conversation" if extra is not None else ""
-        lines = [where,
-                 f"every live conversation rebuilds its cache: {largest[0]:,} cached tokens thrown away per run{cost}"]
+        lines = [
+            where,
+            f"every live conversation rebuilds its cache: {largest[0]:,} cached tokens thrown away per run{cost}",
+        ]
         result.prefix_change.extend(lines)
         if budget.gate_prefix_change:
             result.failures.extend(lines)

@@ -62,9 +62,13 @@ class Budget:
         problems = schema_problems({"defaults": dict(data)}, None, "config.schema.json")
         if problems:
             why = problems[0][1].replace("defaults.", "", 1)
-            raise ConfigError("invalid token budget", file=where, why=why,
-                              details=[f"also: {p[1].replace('defaults.', '', 1)}" for p in problems[1:]],
-                              fix=f"use the accepted keys: {', '.join(BUDGET_KEYS)}")
+            raise ConfigError(
+                "invalid token budget",
+                file=where,
+                why=why,
+                details=[f"also: {p[1].replace('defaults.', '', 1)}" for p in problems[1:]],
+                fix=f"use the accepted keys: {', '.join(BUDGET_KEYS)}",
+            )
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key in ("max_cost_usd", "max_cost_increase_usd"):
@@ -75,7 +79,9 @@ class Budget:
 
     def over(self, base: Budget) -> Budget:
         """This budget's values where set, ``base``'s elsewhere."""
-        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+        return replace(
+            base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        )
 
     def is_empty(self) -> bool:
         """Nothing is set."""
@@ -136,8 +142,10 @@ def where_tokens_went(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = []
     for number, row in enumerate(table):
-        cells = [str(c).ljust(w) if i in (0, 1, 7) else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            str(c).ljust(w) if i in (0, 1, 7) else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * w for w in widths))

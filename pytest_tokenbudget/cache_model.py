@@ -290,7 +290,8 @@ def diagnose(
         new = _level_blocks(current, level)
         same = (level == "messages" and new[: len(old)] == old) or (level != "messages" and new == old)
         if not same:
-            common = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+            pairs = enumerate(zip(old, new, strict=False))
+            common = next((i for i, (a, b) in pairs if a != b), min(len(old), len(new)))
             return {"type": f"{level}_changed", "cache_missed_input_tokens": missed_from(start + common)}
         start += len(old)
     if previous.settings["messages"] != current.settings["messages"]:

@@ -158,7 +158,11 @@ class Body:
     __slots__ = ("_encoder", "_json", "_raw", "_style")
 
     def __init__(
-        self, raw: bytes | None = None, *, json_value: Any = _UNSET, style: str = "compact",
+        self,
+        raw: bytes | None = None,
+        *,
+        json_value: Any = _UNSET,
+        style: str = "compact",
         encoder: _Encoder | None = None,
     ) -> None:
         self._raw = raw
@@ -305,9 +309,12 @@ def load_cassette(path: Path | str) -> Cassette:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         head = raw[: err.start].decode("utf-8")
-        raise CassetteError("cassette cannot be read", file=str(path),
-                            why=_in_interaction(head, err.start, head.lstrip()[:1] in ("{", "["))
-                            + f"not UTF-8 text at byte {err.start}") from None
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=_in_interaction(head, err.start, head.lstrip()[:1] in ("{", "["))
+            + f"not UTF-8 text at byte {err.start}",
+        ) from None
     return parse_cassette(text, path)
 
 
@@ -317,43 +324,61 @@ def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
     data = _parse_document(text, path)
     if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
         kind = type(data).__name__
-        raise CassetteError("cassette cannot be read", file=str(path),
-                            why=f"expected a mapping with an 'interactions' list, found {kind}",
-                            fix="re-record it, or delete the file if it is not a cassette")
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=f"expected a mapping with an 'interactions' list, found {kind}",
+            fix="re-record it, or delete the file if it is not a cassette",
+        )
     if data.get("format") == FORMAT:
         return Cassette(path, FORMAT, _read_ours(data["interactions"], path))
     if isinstance(data.get("format"), str) and str(data["format"]).startswith("pytest-tokenbudget/"):
-        raise CassetteError("cassette was written by a newer pytest-tokenbudget", file=str(path),
-                            why=f"format {data['format']!r}; this version reads {FORMAT!r}",
-                            fix="upgrade pytest-tokenbudget")
+        raise CassetteError(
+            "cassette was written by a newer pytest-tokenbudget",
+            file=str(path),
+            why=f"format {data['format']!r}; this version reads {FORMAT!r}",
+            fix="upgrade pytest-tokenbudget",
+        )
     return Cassette(path, "vcrpy", _read_vcrpy(data["interactions"], path))
 
 
 def _parse_document(text: str, path: Path) -> Any:
     stripped = text.lstrip()
     if not stripped:
-        raise CassetteError("cassette is empty", file=str(path), why="the file has no content (truncated write?)",
-                            fix="re-record it, or delete it")
+        raise CassetteError(
+            "cassette is empty",
+            file=str(path),
+            why="the file has no content (truncated write?)",
+            fix="re-record it, or delete it",
+        )
     if stripped[0] in "{[":
         try:
             return json.loads(text)
         except ValueError as err:
             line = getattr(err, "lineno", None)
-            raise CassetteError("cassette cannot be read", file=f"{path}" + (f", line {line}" if line else ""),
-                                why=_in_interaction(text, getattr(err, "pos", None), True) + f"invalid JSON: {err}",
-                                fix="re-record it") from None
+            raise CassetteError(
+                "cassette cannot be read",
+                file=f"{path}" + (f", line {line}" if line else ""),
+                why=_in_interaction(text, getattr(err, "pos", None), True) + f"invalid JSON: {err}",
+                fix="re-record it",
+            ) from None
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise CassetteError("cassette cannot be read", file=f"{path}{where}",
-                            why=_in_interaction(text, getattr(mark, "index", None), False)
-                            + f"invalid YAML: {problem} (truncated or hand-edited?)", fix="re-record it") from None
+        raise CassetteError(
+            "cassette cannot be read",
+            file=f"{path}{where}",
+            why=_in_interaction(text, getattr(mark, "index", None), False)
+            + f"invalid YAML: {problem} (truncated or hand-edited?)",
+            fix="re-record it",
+        ) from None
     except (ValueError, binascii.Error) as err:
-        raise CassetteError("cassette cannot be read", file=str(path), why=f"invalid YAML value: {err}",
-                            fix="re-record it") from None
+        raise CassetteError(
+            "cassette cannot be read", file=str(path), why=f"invalid YAML value: {err}", fix="re-record it"
+        ) from None
 
 
 def _in_interaction(text: str, offset: int | None, is_json: bool) -> str:
@@ -387,8 +412,9 @@ def _in_interaction(text: str, offset: int | None, is_json: bool) -> str:
 
 
 def _fail(path: Path, index: int, why: str) -> CassetteError:
-    return CassetteError("cassette cannot be read", file=str(path), why=f"interaction {index}: {why}",
-                         fix="re-record it")
+    return CassetteError(
+        "cassette cannot be read", file=str(path), why=f"interaction {index}: {why}", fix="re-record it"
+    )
 
 
 def _as_mapping(value: Any, path: Path, index: int, what: str) -> Mapping[str, Any]:
@@ -439,7 +465,9 @@ def _decompress(raw: bytes, encodings: Sequence[str], path: Path, index: int) ->
                 try:
                     import brotli  # type: ignore[import-not-found]
                 except ImportError:
-                    raise _fail(path, index, "response body is brotli-compressed; install 'brotli' to read it") from None
+                    raise _fail(
+                        path, index, "response body is brotli-compressed; install 'brotli' to read it"
+                    ) from None
                 raw = brotli.decompress(raw)
             elif encoding != "identity":
                 raise _fail(path, index, f"unknown content-encoding {encoding!r}")
@@ -477,8 +505,9 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
             raise _fail(path, index, "request has no 'method' or 'uri'")
         _check_uri(request["uri"], path, index)
         request_headers = {k: v[0] for k, v in _header_values(request.get("headers"), path, index).items() if v}
-        request_raw = _to_bytes(_body_value(request.get("body"), path, index, "request body"), path, index,
-                                "request body")
+        request_raw = _to_bytes(
+            _body_value(request.get("body"), path, index, "request body"), path, index, "request body"
+        )
         if "status_code" in response:  # vcrpy's old httpx layout
             status, reason = response["status_code"], ""
             body_value: Any = response.get("content")
@@ -493,18 +522,20 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         encodings = response_headers.pop("content-encoding", [])
         raw = _decompress(raw, encodings, path, index)
         dates = response_headers.get("date")
-        out.append(Interaction(
-            index=index,
-            method=str(request["method"]).upper(),
-            uri=str(request["uri"]),
-            request_headers=request_headers,
-            request_body=Body(request_raw),
-            status=status,
-            reason=reason,
-            response_headers=response_headers,
-            response_body=Body(raw),
-            recorded_at=_timestamp(item.get("recorded_at")) or (_timestamp(dates[0]) if dates else None),
-        ))
+        out.append(
+            Interaction(
+                index=index,
+                method=str(request["method"]).upper(),
+                uri=str(request["uri"]),
+                request_headers=request_headers,
+                request_body=Body(request_raw),
+                status=status,
+                reason=reason,
+                response_headers=response_headers,
+                response_body=Body(raw),
+                recorded_at=_timestamp(item.get("recorded_at")) or (_timestamp(dates[0]) if dates else None),
+            )
+        )
     return out
 
 
@@ -552,23 +583,29 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
         request_body = _read_body(request.get("body"), out, path, index, "request", encoders)
         response_body = _read_body(response.get("body"), out, path, index, "response", None)
         headers = _header_values(request.get("headers"), path, index)
-        out.append(Interaction(
-            index=index,
-            method=request["method"].upper(),
-            uri=request["uri"],
-            request_headers={k: v[0] for k, v in headers.items() if v},
-            request_body=request_body,
-            status=status,
-            reason=str(response.get("reason") or ""),
-            response_headers=_header_values(response.get("headers"), path, index),
-            response_body=response_body,
-            recorded_at=_timestamp(request.get("recorded_at")),
-        ))
+        out.append(
+            Interaction(
+                index=index,
+                method=request["method"].upper(),
+                uri=request["uri"],
+                request_headers={k: v[0] for k, v in headers.items() if v},
+                request_body=request_body,
+                status=status,
+                reason=str(response.get("reason") or ""),
+                response_headers=_header_values(response.get("headers"), path, index),
+                response_body=response_body,
+                recorded_at=_timestamp(request.get("recorded_at")),
+            )
+        )
     return out
 
 
 def _read_body(
-    spec: Any, earlier: Sequence[Interaction], path: Path, index: int, side: str,
+    spec: Any,
+    earlier: Sequence[Interaction],
+    path: Path,
+    index: int,
+    side: str,
     encoders: dict[str, _Encoder] | None,
 ) -> Body:
     if spec is None:
@@ -858,13 +895,16 @@ def dump_cassette(interactions: Sequence[Interaction], *, secrets: Iterable[str]
         response["body"] = response_spec
         items.append({"request": request, "response": response})
     document = {"format": FORMAT, "interactions": items}
-    text = _HEADER_COMMENT + yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                                       width=1_000_000, default_flow_style=False)
+    text = _HEADER_COMMENT + yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000, default_flow_style=False
+    )
     leaked = [s for s in secret_list if s in text]
     if leaked:
-        raise CassetteError("refusing to write a cassette that contains a secret",
-                            why=f"{len(leaked)} secret value(s) survive redaction (e.g. inside binary data)",
-                            fix="keep API keys out of request and response bodies")
+        raise CassetteError(
+            "refusing to write a cassette that contains a secret",
+            why=f"{len(leaked)} secret value(s) survive redaction (e.g. inside binary data)",
+            fix="keep API keys out of request and response bodies",
+        )
     return text
 
 
@@ -882,9 +922,13 @@ def save_cassette(path: Path | str, interactions: Sequence[Interaction], *, secr
 def _from_vcr_dict(request: Mapping[str, Any], response: Mapping[str, Any], index: int) -> Interaction:
     headers = {str(k).lower(): (v[0] if isinstance(v, list) else v) for k, v in (request.get("headers") or {}).items()}
     body = request.get("body")
-    raw = body if isinstance(body, bytes) else (body or "").encode("utf-8") if isinstance(body, str | type(None)) else b""
-    response_headers = {str(k).lower(): [str(x) for x in (v if isinstance(v, list) else [v])]
-                        for k, v in (response.get("headers") or {}).items()}
+    raw = (
+        body if isinstance(body, bytes) else (body or "").encode("utf-8") if isinstance(body, str | type(None)) else b""
+    )
+    response_headers = {
+        str(k).lower(): [str(x) for x in (v if isinstance(v, list) else [v])]
+        for k, v in (response.get("headers") or {}).items()
+    }
     response_raw = (response.get("body") or {}).get("string") or b""
     if isinstance(response_raw, str):
         response_raw = response_raw.encode("utf-8")

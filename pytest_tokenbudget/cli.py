@@ -35,10 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="report tokens and cost of cassettes (files or folders)")
     report.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="cassette files or folders of them")
     report.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
-    report.add_argument("--prices", action="append", default=[], metavar="FILE",
-                        help="a price override file (repeatable; later files win)")
-    report.add_argument("--price-at", choices=["now", "recorded"], default="now",
-                        help="price at today's prices (default) or at each turn's recorded time")
+    report.add_argument(
+        "--prices",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a price override file (repeatable; later files win)",
+    )
+    report.add_argument(
+        "--price-at",
+        choices=["now", "recorded"],
+        default="now",
+        help="price at today's prices (default) or at each turn's recorded time",
+    )
     report.add_argument("-v", "--verbose", action="store_true", help="add each cassette's per-turn table")
     return parser
 

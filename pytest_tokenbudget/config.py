@@ -74,8 +74,13 @@ def load_config(rootdir: Path, explicit: str | None = None) -> Config:
 
 
 def _from_yaml(path: Path) -> Config:
-    data, _root = load_yaml(path, "config.schema.json", ConfigError, what="token budget config",
-                            fix="see the format in pytest_tokenbudget.config")
+    data, _root = load_yaml(
+        path,
+        "config.schema.json",
+        ConfigError,
+        what="token budget config",
+        fix="see the format in pytest_tokenbudget.config",
+    )
     if not isinstance(data, dict):
         raise ConfigError("token budget config is invalid", file=str(path), why="expected a mapping")
     return _build(data, str(path))
@@ -97,10 +102,13 @@ def _from_pyproject(path: Path, *, required: bool) -> Config:
         message = problems[0][1]
         key = re.findall(r"'([^']+)'", message)
         line = _toml_line(text, key[0] if key else "")
-        raise ConfigError("token budget config is invalid",
-                          file=f"{path}" + (f", line {line}" if line else ""), why=f"[tool.tokenbudget] {message}",
-                          details=[f"also: {p[1]}" for p in problems[1:]],
-                          fix="correct the key (the schema is pytest_tokenbudget/schemas/config.schema.json)")
+        raise ConfigError(
+            "token budget config is invalid",
+            file=f"{path}" + (f", line {line}" if line else ""),
+            why=f"[tool.tokenbudget] {message}",
+            details=[f"also: {p[1]}" for p in problems[1:]],
+            fix="correct the key (the schema is pytest_tokenbudget/schemas/config.schema.json)",
+        )
     return _build(data, f"{path} [tool.tokenbudget]")
 
 

@@ -243,8 +243,15 @@ class Turn:
 
     def totals(self) -> Totals:
         """This turn as :class:`Totals`."""
-        return Totals(1, self.input_tokens, self.cache_creation_input_tokens, self.cache_write_5m_tokens,
-                      self.cache_write_1h_tokens, self.cache_read_input_tokens, self.output_tokens)
+        return Totals(
+            1,
+            self.input_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_write_5m_tokens,
+            self.cache_write_1h_tokens,
+            self.cache_read_input_tokens,
+            self.output_tokens,
+        )
 
 
 class Ledger:
@@ -280,8 +287,10 @@ class Ledger:
 
     def __repr__(self) -> str:
         t = self.totals()
-        return (f"<Ledger {t.turns} turns: input {t.input_tokens}, cache write {t.cache_creation_input_tokens}, "
-                f"cache read {t.cache_read_input_tokens}, output {t.output_tokens}>")
+        return (
+            f"<Ledger {t.turns} turns: input {t.input_tokens}, cache write {t.cache_creation_input_tokens}, "
+            f"cache read {t.cache_read_input_tokens}, output {t.output_tokens}>"
+        )
 
     def totals(self) -> Totals:
         """Sums over every turn."""
@@ -311,8 +320,9 @@ class Ledger:
             if result.estimated_usage is not None:
                 turn = turns[result.turn]
                 usage = {**turn.usage, **result.estimated_usage}
-                turns[result.turn] = replace(turn, usage=usage, estimate_method=result.estimate_method,
-                                             recorded_usage=turn.usage)
+                turns[result.turn] = replace(
+                    turn, usage=usage, estimate_method=result.estimate_method, recorded_usage=turn.usage
+                )
         return Ledger(turns, self.exchanges, self.source)
 
     def cache_analysis(self) -> CacheAnalysis:
@@ -360,8 +370,12 @@ class Ledger:
             cost = sum((pricer.price(turn).cost_usd for turn in self.turns), Decimal(0))
         analysis = self.cache_analysis() if budget.prefix_stable or budget.min_cache_hit_rate is not None else None
         breaches = check_budget(
-            budget, turns=totals.turns, input_tokens=totals.total_input_tokens, output_tokens=totals.output_tokens,
-            cost_usd=cost, cache_hit_rate=totals.cache_hit_rate,
+            budget,
+            turns=totals.turns,
+            input_tokens=totals.total_input_tokens,
+            output_tokens=totals.output_tokens,
+            cost_usd=cost,
+            cache_hit_rate=totals.cache_hit_rate,
             prefix_breaks=[d.describe() for d in analysis.divergences] if analysis else [],
         )
         if breaches:
@@ -370,7 +384,7 @@ class Ledger:
                 lines.extend(["verdicts:", *(f"  {line}" for line in analysis.verdict_lines())])
             raise AssertionError("\n".join(lines))
 
-    def assert_cache_hit_rate(self, min: float) -> None:  # noqa: A002 - the documented keyword
+    def assert_cache_hit_rate(self, min: float) -> None:
         """Fail when the cache hit rate (reads over all input tokens) is below ``min`` (0-1).
 
         Raises:
@@ -426,14 +440,16 @@ def parse_sse(text: str) -> list[tuple[str, Any]]:
     events: list[tuple[str, Any]] = []
     name: str | None = None
     data: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") + [""]:
+    for line in [*text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), ""]:
         if not line:
             if name is not None and data:
                 payload = "\n".join(data)
                 try:
                     events.append((name, json.loads(payload)))
                 except ValueError:
-                    raise ValueError(f"event {len(events)} ({name}) has data that is not JSON: {payload[:80]!r}") from None
+                    raise ValueError(
+                        f"event {len(events)} ({name}) has data that is not JSON: {payload[:80]!r}"
+                    ) from None
             name, data = None, []
             continue
         if line.startswith(":"):
@@ -497,13 +513,15 @@ def _body_json(body: Body, what: str, where: str, index: int) -> Any:
     try:
         return body.json()
     except ValueError as err:
-        raise CassetteError("cassette cannot be read", file=where,
-                            why=f"interaction {index}: {what} is not valid JSON ({err})", fix="re-record it") from None
+        raise CassetteError(
+            "cassette cannot be read",
+            file=where,
+            why=f"interaction {index}: {what} is not valid JSON ({err})",
+            fix="re-record it",
+        ) from None
 
 
-def turns_from(
-    interactions: Iterable[Interaction], *, source: str | Path = "", test: str | None = None
-) -> Ledger:
+def turns_from(interactions: Iterable[Interaction], *, source: str | Path = "", test: str | None = None) -> Ledger:
     """Build the ledger of a sequence of exchanges (a test's, or a cassette's in file order).
 
     Args:
@@ -526,8 +544,17 @@ def turns_from(
             body = interaction.response_body.try_json()
             if isinstance(body, dict) and isinstance(body.get("error"), dict):
                 error_type = body["error"].get("type")
-        exchanges.append(Exchange(position, endpoint, interaction.method, interaction.path, interaction.status,
-                                  interaction.recorded_at, error_type))
+        exchanges.append(
+            Exchange(
+                position,
+                endpoint,
+                interaction.method,
+                interaction.path,
+                interaction.status,
+                interaction.recorded_at,
+                error_type,
+            )
+        )
         if interaction.status != 200:
             continue
         try:
@@ -537,18 +564,26 @@ def turns_from(
                 request = interaction.request_body.json()
                 response = interaction.response_body.json()
                 if isinstance(request, dict) and isinstance(response, dict):
-                    batch_params[str(response.get("id"))] = ({
-                        str(r.get("custom_id")): r.get("params") for r in request.get("requests") or []
-                        if isinstance(r, dict)
-                    }, interaction.recorded_at)
+                    batch_params[str(response.get("id"))] = (
+                        {
+                            str(r.get("custom_id")): r.get("params")
+                            for r in request.get("requests") or []
+                            if isinstance(r, dict)
+                        },
+                        interaction.recorded_at,
+                    )
             elif endpoint == "batch_results":
                 batch_id = interaction.path.rstrip("/").split("/")[-2]
                 params, created_at = batch_params.get(batch_id, ({}, interaction.recorded_at))
                 turns.extend(_batch_turns(interaction, batch_id, params, created_at, len(turns), position))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise CassetteError("cassette cannot be read", file=where, test=test,
-                                why=f"interaction {interaction.index} ({interaction.method} {interaction.path}): {err}",
-                                fix="re-record it") from None
+            raise CassetteError(
+                "cassette cannot be read",
+                file=where,
+                test=test,
+                why=f"interaction {interaction.index} ({interaction.method} {interaction.path}): {err}",
+                fix="re-record it",
+            ) from None
     return Ledger(turns, exchanges, where)
 
 
@@ -575,7 +610,9 @@ def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
     usage = message.get("usage")
     if not isinstance(usage, dict):
         raise ValueError("response has no usage object")
-    if not isinstance(usage.get("input_tokens"), int) or not (incomplete or isinstance(usage.get("output_tokens"), int)):
+    if not isinstance(usage.get("input_tokens"), int) or not (
+        incomplete or isinstance(usage.get("output_tokens"), int)
+    ):
         raise ValueError("usage lacks input_tokens or output_tokens")
     return Turn(
         index=index,

@@ -10,14 +10,23 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._run import Evaluation, RunState, Settings, TestResult, cassette_path, evaluate, open_recorder, \
-    placeholder_key, replays_only
+from ._run import (
+    Evaluation,
+    RunState,
+    Settings,
+    TestResult,
+    cassette_path,
+    evaluate,
+    open_recorder,
+    placeholder_key,
+    replays_only,
+)
 from .baseline import BASELINE_NAME, load_baseline
 from .budgets import BUDGET_KEYS, Budget
 from .config import Config, load_config
 from .errors import ReplayInterrupt, TokenBudgetError
 from .ledger import Ledger, LiveLedger
-from .record import RecordMode, Recorder
+from .record import Recorder, RecordMode
 
 if TYPE_CHECKING:
     from .emulator import AnthropicEmulator
@@ -34,32 +43,90 @@ _MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette")
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Options: one ``tokenbudget`` group, each flag with an ini twin."""
     group = parser.getgroup("tokenbudget", "token budgets for Claude agents (pytest-tokenbudget)")
-    group.addoption("--token-budget", action="store_true", default=False, dest="token_budget",
-                    help="report tokens and cost per test, and judge the run against the baseline.")
-    group.addoption("--token-budget-update", action="store_true", default=False, dest="token_budget_update",
-                    help="write the baseline from this run (implies --token-budget).")
-    group.addoption("--token-budget-baseline", action="store", default=None, dest="token_budget_baseline",
-                    metavar="PATH", help=f"the baseline file (default: {BASELINE_NAME} in the rootdir).")
-    group.addoption("--token-budget-config", action="store", default=None, dest="token_budget_config",
-                    metavar="PATH", help="budgets file (default: tokenbudget.yaml, or [tool.tokenbudget]).")
-    group.addoption("--token-budget-record", action="store", default=None, dest="token_budget_record",
-                    choices=_MODES, metavar="MODE",
-                    help="record mode: none (replay only, default), once, new_episodes, all.")
-    group.addoption("--token-budget-cassette-dir", action="store", default=None, dest="token_budget_cassette_dir",
-                    metavar="DIR", help="where cassettes live (default: cassettes/ under the rootdir).")
-    group.addoption("--token-budget-prices", action="append", default=None, dest="token_budget_prices",
-                    metavar="PATH", help="a price override file (repeatable; later files win).")
-    group.addoption("--token-budget-price-at", action="store", default=None, dest="token_budget_price_at",
-                    choices=["now", "recorded"],
-                    help="price turns at today's prices (now, default) or at their recorded time.")
-    group.addoption("--token-budget-json", action="store", default=None, dest="token_budget_json", metavar="PATH",
-                    help="write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).")
-    group.addoption("--token-budget-md", action="store", default=None, dest="token_budget_md", metavar="PATH",
-                    help="write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set).")
+    group.addoption(
+        "--token-budget",
+        action="store_true",
+        default=False,
+        dest="token_budget",
+        help="report tokens and cost per test, and judge the run against the baseline.",
+    )
+    group.addoption(
+        "--token-budget-update",
+        action="store_true",
+        default=False,
+        dest="token_budget_update",
+        help="write the baseline from this run (implies --token-budget).",
+    )
+    group.addoption(
+        "--token-budget-baseline",
+        action="store",
+        default=None,
+        dest="token_budget_baseline",
+        metavar="PATH",
+        help=f"the baseline file (default: {BASELINE_NAME} in the rootdir).",
+    )
+    group.addoption(
+        "--token-budget-config",
+        action="store",
+        default=None,
+        dest="token_budget_config",
+        metavar="PATH",
+        help="budgets file (default: tokenbudget.yaml, or [tool.tokenbudget]).",
+    )
+    group.addoption(
+        "--token-budget-record",
+        action="store",
+        default=None,
+        dest="token_budget_record",
+        choices=_MODES,
+        metavar="MODE",
+        help="record mode: none (replay only, default), once, new_episodes, all.",
+    )
+    group.addoption(
+        "--token-budget-cassette-dir",
+        action="store",
+        default=None,
+        dest="token_budget_cassette_dir",
+        metavar="DIR",
+        help="where cassettes live (default: cassettes/ under the rootdir).",
+    )
+    group.addoption(
+        "--token-budget-prices",
+        action="append",
+        default=None,
+        dest="token_budget_prices",
+        metavar="PATH",
+        help="a price override file (repeatable; later files win).",
+    )
+    group.addoption(
+        "--token-budget-price-at",
+        action="store",
+        default=None,
+        dest="token_budget_price_at",
+        choices=["now", "recorded"],
+        help="price turns at today's prices (now, default) or at their recorded time.",
+    )
+    group.addoption(
+        "--token-budget-json",
+        action="store",
+        default=None,
+        dest="token_budget_json",
+        metavar="PATH",
+        help="write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
+    )
+    group.addoption(
+        "--token-budget-md",
+        action="store",
+        default=None,
+        dest="token_budget_md",
+        metavar="PATH",
+        help="write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set).",
+    )
     parser.addini("token_budget_record_mode", "record mode when --token-budget-record is not given", default="none")
     parser.addini("token_budget_cassette_dir", "cassette directory, relative to the rootdir", default="cassettes")
-    parser.addini("token_budget_allow_unused", "do not fail tests that leave recordings unplayed",
-                  type="bool", default=False)
+    parser.addini(
+        "token_budget_allow_unused", "do not fail tests that leave recordings unplayed", type="bool", default=False
+    )
     parser.addini("token_budget_prices", "price override files, one per line", type="linelist", default=[])
     parser.addini("token_budget_price_at", "now (default) or recorded", default="now")
     parser.addini("token_budget_baseline", f"baseline file (default {BASELINE_NAME})", default="")
@@ -94,16 +161,21 @@ def _settings(config: pytest.Config) -> Settings:
     if price_at not in ("now", "recorded"):
         raise pytest.UsageError(f"tokenbudget: token_budget_price_at = {price_at!r}; use now or recorded")
     try:
-        budgets = load_config(rootdir, config.getoption("token_budget_config")
-                              or str(config.getini("token_budget_config")) or None)
+        budgets = load_config(
+            rootdir, config.getoption("token_budget_config") or str(config.getini("token_budget_config")) or None
+        )
     except TokenBudgetError as error:
         raise pytest.UsageError(error.render()) from None
     json_path = config.getoption("token_budget_json")
     md_path = config.getoption("token_budget_md")
     update = bool(config.getoption("token_budget_update"))
     prices = config.getoption("token_budget_prices") or config.getini("token_budget_prices") or list(budgets.prices)
-    baseline = (config.getoption("token_budget_baseline") or str(config.getini("token_budget_baseline"))
-                or budgets.baseline or BASELINE_NAME)
+    baseline = (
+        config.getoption("token_budget_baseline")
+        or str(config.getini("token_budget_baseline"))
+        or budgets.baseline
+        or BASELINE_NAME
+    )
     return Settings(
         record_mode=_record_mode(config),
         cassette_dir=(rootdir / directory).resolve(),
@@ -151,12 +223,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if marker is None:
             continue
         if marker.args:
-            raise pytest.UsageError(f"tokenbudget: {item.nodeid}: token_budget() takes keywords only, "
-                                    f"got {marker.args!r}; accepted: {', '.join(_MARKER_KEYS)}")
+            raise pytest.UsageError(
+                f"tokenbudget: {item.nodeid}: token_budget() takes keywords only, "
+                f"got {marker.args!r}; accepted: {', '.join(_MARKER_KEYS)}"
+            )
         unknown = sorted(set(marker.kwargs) - set(_MARKER_KEYS))
         if unknown:
-            raise pytest.UsageError(f"tokenbudget: {item.nodeid}: unknown token_budget keyword(s) "
-                                    f"{', '.join(unknown)}; accepted: {', '.join(_MARKER_KEYS)}")
+            raise pytest.UsageError(
+                f"tokenbudget: {item.nodeid}: unknown token_budget keyword(s) "
+                f"{', '.join(unknown)}; accepted: {', '.join(_MARKER_KEYS)}"
+            )
         try:
             _budget_of(item)
         except TokenBudgetError as error:
@@ -190,8 +266,11 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
         yield None
         return
     class_name = item.cls.__name__ if getattr(item, "cls", None) is not None else None
-    path = Path(options["cassette"]) if options.get("cassette") else cassette_path(
-        state.settings, Path(item.path), item.name, class_name)
+    path = (
+        Path(options["cassette"])
+        if options.get("cassette")
+        else cassette_path(state.settings, Path(item.path), item.name, class_name)
+    )
     if not path.is_absolute():
         path = state.settings.cassette_dir / path
     try:
@@ -289,14 +368,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     unused = recorder.unused if not recorder.allow_unused else []
     if unused:
         first = unused[0]
-        raise ReplayInterrupt(TokenBudgetError(
-            "the test left recordings unplayed",
-            file=str(recorder.cassette_path),
-            test=item.nodeid,
-            why=f"{len(unused)} recorded request(s) were not sent, from interaction {first.index} "
+        raise ReplayInterrupt(
+            TokenBudgetError(
+                "the test left recordings unplayed",
+                file=str(recorder.cassette_path),
+                test=item.nodeid,
+                why=f"{len(unused)} recorded request(s) were not sent, from interaction {first.index} "
                 f"({first.method} {first.path}): the test now makes fewer calls than when recorded",
-            fix=f"re-record: {recorder.record_command('all')}, or set token_budget_allow_unused = true",
-        ))
+                fix=f"re-record: {recorder.record_command('all')}, or set token_budget_allow_unused = true",
+            )
+        )
     item.stash[_BODY_PASSED] = True
     state = item.config.stash[_STATE]
     try:
@@ -348,7 +429,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if _is_worker(config):
         results = [r.to_wire() for r in state.results.values()]
         config.workeroutput["tokenbudget"] = json.dumps(  # type: ignore[attr-defined]
-            {"results": results, "collected": sorted(state.collected)})
+            {"results": results, "collected": sorted(state.collected)}
+        )
         return
     if state.settings.update and state.settings.baseline_path is not None:
         from ._reporting import update_baseline

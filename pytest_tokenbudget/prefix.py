@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 __all__ = [
     "Block",
-    "LayoutMemo",
     "Breakpoint",
     "Difference",
+    "LayoutMemo",
     "PromptLayout",
     "first_difference",
     "format_path",
@@ -292,8 +292,14 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
     entries: list[tuple[Block, bytes, int]] = []
     for index, (level, path, block, role, explicit, anchor) in enumerate(_raw_blocks(body)):
 
-        def build(level: Level = level, path: str = path, block: Any = block, role: str | None = role,
-                  explicit: bool = explicit, index: int = index) -> tuple[Block, bytes, int]:
+        def build(
+            level: Level = level,
+            path: str = path,
+            block: Any = block,
+            role: str | None = role,
+            explicit: bool = explicit,
+            index: int = index,
+        ) -> tuple[Block, bytes, int]:
             return _make_block(index, level, path, block, role, explicit)
 
         entries.append(memo.block((id(anchor), index, path, role, explicit), anchor, build))
@@ -328,8 +334,9 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
     )
 
 
-def _make_block(index: int, level: Level, path: str, block: Any, role: str | None,
-                explicit: bool) -> tuple[Block, bytes, int]:
+def _make_block(
+    index: int, level: Level, path: str, block: Any, role: str | None, explicit: bool
+) -> tuple[Block, bytes, int]:
     canon, images = _digest_media(block)
     head = f"{role}\x00" if role is not None else ""
     canonical = (head + _dumps(canon)).encode("utf-8")
@@ -406,9 +413,7 @@ def _breakpoints(
                 points.append(Breakpoint(target.index, target.level, target.path, ttl, True, chain[target.index]))
     points.sort(key=lambda p: p.block)
     if len(points) > 4:
-        problems.append(
-            f"A maximum of 4 blocks with cache_control may be provided. Found {len(points)}."
-        )
+        problems.append(f"A maximum of 4 blocks with cache_control may be provided. Found {len(points)}.")
     seen_5m = False
     for point in points:
         if point.ttl == "5m":
@@ -537,8 +542,8 @@ def _walk(old: Any, new: Any, parts: list[str | int]) -> Difference | None:
             return Difference(
                 format_path(parts),
                 None,
-                "keys " + ", ".join(map(str, old_keys[i:i + 4])),
-                "keys " + ", ".join(map(str, new_keys[i:i + 4])),
+                "keys " + ", ".join(map(str, old_keys[i : i + 4])),
+                "keys " + ", ".join(map(str, new_keys[i : i + 4])),
                 "reordered",
             )
         return None

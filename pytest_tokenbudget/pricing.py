@@ -313,7 +313,10 @@ def load_price_file(path: Path | str) -> PriceFile:
     """
     where = str(path)
     data, root = load_yaml(
-        path, "prices.schema.json", PriceError, what="price file",
+        path,
+        "prices.schema.json",
+        PriceError,
+        what="price file",
         fix=f"check the path given to {_FLAG} / {_INI}, and the format in pytest_tokenbudget.pricing",
     )
     models = tuple(
@@ -327,8 +330,12 @@ def _decimal(value: Any, where: str, path: tuple[str, ...], line: int | None) ->
     # YAML floats come as Python floats; repr gives back the digits as written (shortest repr).
     number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     if not number.is_finite() or (isinstance(value, float) and not math.isfinite(value)):
-        raise PriceError("price file is invalid", file=where + (f", line {line}" if line else ""),
-                         why=f"{json_path(path)}: {value!r} is not a finite number", fix="give a price in USD")
+        raise PriceError(
+            "price file is invalid",
+            file=where + (f", line {line}" if line else ""),
+            why=f"{json_path(path)}: {value!r} is not a finite number",
+            fix="give a price in USD",
+        )
     return number
 
 
@@ -350,11 +357,14 @@ def _override(where: str, name: str, entry: Mapping[str, Any], line: int | None)
         cache_write_5m_mtok=cache["cache_write_5m_mtok"],
         cache_write_1h_mtok=cache["cache_write_1h_mtok"],
         cache_read_mtok=cache["cache_read_mtok"],
-        web_search_per_1000=number("web_search_per_1000") if "web_search_per_1000" in entry
+        web_search_per_1000=number("web_search_per_1000")
+        if "web_search_per_1000" in entry
         else _DEFAULT_WEB_SEARCH_PER_1000,
         batch_multiplier=number("batch_multiplier") if "batch_multiplier" in entry else _DEFAULT_BATCH_MULTIPLIER,
         fast_multiplier=number("fast_multiplier") if "fast_multiplier" in entry else None,
-        inference_geo_multipliers=None if geo is None else {
+        inference_geo_multipliers=None
+        if geo is None
+        else {
             str(k).lower(): _decimal(v, where, ("models", name, "inference_geo_multipliers", str(k)), line)
             for k, v in geo.items()
         },
@@ -426,12 +436,14 @@ def _counts(model: str, usage: Mapping[str, Any], test: str | None) -> _Counts:
     for path in _COUNT_PATHS:
         value = _count(_dig(usage, path))
         if value < 0:
-            raise PriceError("usage cannot be priced", test=test,
-                             why=f"model {model!r}: usage.{'.'.join(path)} is {value}",
-                             fix="re-record the turn (a usage count cannot be negative)")
+            raise PriceError(
+                "usage cannot be priced",
+                test=test,
+                why=f"model {model!r}: usage.{'.'.join(path)} is {value}",
+                fix="re-record the turn (a usage count cannot be negative)",
+            )
     # Turn holds the rules for the TTL split (the excess over the breakdown is 5-minute writes).
-    turn = Turn(index=0, exchange=0, endpoint="messages", model=model, requested_model=None, stream=False,
-                usage=usage)
+    turn = Turn(index=0, exchange=0, endpoint="messages", model=model, requested_model=None, stream=False, usage=usage)
     return _Counts(
         uncached=turn.input_tokens,
         write_5m=turn.cache_write_5m_tokens,
@@ -503,9 +515,11 @@ class Pricer:
         now: datetime | None = None,
     ) -> None:
         if timestamp_policy not in TIMESTAMP_POLICIES:
-            raise ConfigError("invalid price timestamp policy",
-                              why=f"got {timestamp_policy!r}; accepted: {', '.join(TIMESTAMP_POLICIES)}",
-                              fix="use 'now' (price every turn today) or 'recorded' (at its recording time)")
+            raise ConfigError(
+                "invalid price timestamp policy",
+                why=f"got {timestamp_policy!r}; accepted: {', '.join(TIMESTAMP_POLICIES)}",
+                fix="use 'now' (price every turn today) or 'recorded' (at its recording time)",
+            )
         self._now = _utc(now) if now is not None else datetime.now(UTC)
         self._policy = timestamp_policy
         self._files = tuple(load_price_file(path) for path in override_files)
@@ -586,8 +600,13 @@ class Pricer:
             context["speed"] = "fast"
         calc: PriceCalculation | None
         try:
-            calc = genai_prices.calc_price(counts.genai_usage(), model, provider_id=_PROVIDER,
-                                           genai_request_timestamp=at, price_context=context or None)
+            calc = genai_prices.calc_price(
+                counts.genai_usage(),
+                model,
+                provider_id=_PROVIDER,
+                genai_request_timestamp=at,
+                price_context=context or None,
+            )
         except LookupError:
             calc = None
         override = self._find_override(model, calc.model.id if calc is not None else None)
@@ -608,8 +627,10 @@ class Pricer:
         geo = usage.get("inference_geo")
         factor = _geo_multiplier(geo, priced.geo_rules, priced.geo_model)
         if factor != 1:
-            amounts = {name: value * factor if name in _TOKEN_COMPONENTS and value else value
-                       for name, value in amounts.items()}
+            amounts = {
+                name: value * factor if name in _TOKEN_COMPONENTS and value else value
+                for name, value in amounts.items()
+            }
             notes.append(f"inference_geo {geo}: {_factor(factor)} on token prices")
         total = sum(amounts.values(), Decimal(0))
         return TurnCost(total, amounts, priced.model_ref, priced.source, tuple(notes))
@@ -626,8 +647,9 @@ class Pricer:
         prefixes = [key for key in self._prefixes if name.startswith(key)]
         return self._prefixes[max(prefixes, key=len)] if prefixes else None
 
-    def _price_genai(self, calc: PriceCalculation, counts: _Counts, at: datetime, *, batch: bool,
-                     fast: bool) -> _Priced:
+    def _price_genai(
+        self, calc: PriceCalculation, counts: _Counts, at: datetime, *, batch: bool, fast: bool
+    ) -> _Priced:
         model = calc.model
         notes: list[str] = []
         if batch:
@@ -636,31 +658,42 @@ class Pricer:
             notes.append(_variant_note("fast mode", "speed", "fast", model, at))
         amounts, tier_start = _genai_amounts(calc, counts)
         if tier_start is not None:
-            notes.append(f"long context tier above {tier_start:,} input tokens "
-                         f"({counts.total_input:,} input tokens: every token at the tier rate)")
+            notes.append(
+                f"long context tier above {tier_start:,} input tokens "
+                f"({counts.total_input:,} input tokens: every token at the tier rate)"
+            )
         if counts.web_searches and getattr(calc.model_price, "web_searches_kcount", None) is None:
-            notes.append(f"web search: genai-prices has no web search price for {model.id}; "
-                         f"{counts.web_searches} searches priced $0 (UNSURE)")
+            notes.append(
+                f"web search: genai-prices has no web search price for {model.id}; "
+                f"{counts.web_searches} searches priced $0 (UNSURE)"
+            )
         difference = calc.total_price - sum(amounts.values(), Decimal(0))
         if difference:
             # Trust genai-prices' total; keep the difference visible rather than spread it.
             amounts[UNATTRIBUTED] = difference
-            notes.append(f"genai-prices total ${calc.total_price} differs from its per-component prices by "
-                         f"${difference}: shown as '{UNATTRIBUTED}'")
+            notes.append(
+                f"genai-prices total ${calc.total_price} differs from its per-component prices by "
+                f"${difference}: shown as '{UNATTRIBUTED}'"
+            )
         return _Priced(amounts, model.id, "genai-prices", notes, None, model.id)
 
-    def _price_override(self, override: PriceOverride, model: str, counts: _Counts, *, batch: bool,
-                        fast: bool) -> _Priced:
-        notes = [f"override {override.pattern!r} from {override.file}"
-                 + (f" (line {override.line})" if override.line else "")]
+    def _price_override(
+        self, override: PriceOverride, model: str, counts: _Counts, *, batch: bool, fast: bool
+    ) -> _Priced:
+        notes = [
+            f"override {override.pattern!r} from {override.file}"
+            + (f" (line {override.line})" if override.line else "")
+        ]
         if override.note:
             notes.append(f"override note: {override.note}")
         factor = Decimal(1)
         if batch:
             factor *= override.batch_multiplier
             default = " (default)" if "batch_multiplier" in override.defaulted else ""
-            notes.append(f"batch: {_percent(override.batch_multiplier)} of standard token prices{default}; "
-                         "web search at full price")
+            notes.append(
+                f"batch: {_percent(override.batch_multiplier)} of standard token prices{default}; "
+                "web search at full price"
+            )
         if fast:
             if override.fast_multiplier is None:
                 notes.append("fast mode: the override sets no fast_multiplier; priced as standard (UNSURE)")
@@ -677,7 +710,8 @@ class Pricer:
             notes.append(f"web_search: override sets no web_search_per_1000; default ${_DEFAULT_WEB_SEARCH_PER_1000}")
         amounts = {
             name: rates[name] * (factor if name in _TOKEN_COMPONENTS else 1) * used[name] / _PER_UNIT[name]
-            if used[name] else Decimal(0)
+            if used[name]
+            else Decimal(0)
             for name in COMPONENTS
         }
         return _Priced(amounts, override.pattern, override.file, notes, override.inference_geo_multipliers, model)
@@ -688,13 +722,15 @@ class Pricer:
             target = " or ".join(files)
             fix = f"add {model!r} under `models:` in {target} (format above)"
         else:
-            fix = (f"add {model!r} to a price override file, e.g. {DEFAULT_PRICE_FILE} (format above), and pass "
-                   f"it: pytest {_FLAG} {DEFAULT_PRICE_FILE}, or set {_INI} = {DEFAULT_PRICE_FILE} in your ini")
+            fix = (
+                f"add {model!r} to a price override file, e.g. {DEFAULT_PRICE_FILE} (format above), and pass "
+                f"it: pytest {_FLAG} {DEFAULT_PRICE_FILE}, or set {_INI} = {DEFAULT_PRICE_FILE} in your ini"
+            )
         return PriceError(
             f"no price for model {model!r}",
             test=test,
             why=f"genai-prices {genai_prices.__version__} has no price for {model!r} (provider {_PROVIDER}), "
-                + ("and no override file names it" if files else "and no price override file is in use"),
+            + ("and no override file names it" if files else "and no price override file is in use"),
             details=[
                 "models:",
                 f"  {model}:",
@@ -746,10 +782,15 @@ def _variant_note(label: str, key: str, value: str, model: ModelInfo, at: dateti
         return f"{label}: genai-prices has no {label} price for {model.id}; priced at standard rates (UNSURE)"
     constraint = variant.constraint
     if constraint is not None and not constraint.active(at):
-        since = (f" only from {constraint.start_date.isoformat()}" if isinstance(constraint, StartDateConstraint)
-                 else " at other times of day")
-        return (f"{label}: genai-prices has {label} prices for {model.id}{since}; priced at standard rates "
-                f"for {at.date().isoformat()} (UNSURE; see the timestamp policy)")
+        since = (
+            f" only from {constraint.start_date.isoformat()}"
+            if isinstance(constraint, StartDateConstraint)
+            else " at other times of day"
+        )
+        return (
+            f"{label}: genai-prices has {label} prices for {model.id}{since}; priced at standard rates "
+            f"for {at.date().isoformat()} (UNSURE; see the timestamp policy)"
+        )
     standard = model.get_prices(at).input_mtok
     special = variant.prices.input_mtok
     if standard is None or special is None:
@@ -775,8 +816,9 @@ def _iteration_notes(usage: Mapping[str, Any]) -> list[str]:
     iterations = usage.get("iterations")
     if not isinstance(iterations, list):
         return []
-    kinds = [str(item.get("type")) for item in iterations
-             if isinstance(item, Mapping) and item.get("type") != "message"]
+    kinds = [
+        str(item.get("type")) for item in iterations if isinstance(item, Mapping) and item.get("type") != "message"
+    ]
     if not kinds:
         return []
     counted = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))

@@ -199,8 +199,9 @@ class Recorder:
             # the transcript with the turns before it, so the ledger and the cache analysis work
             # on shared structure instead of re-parsing every turn's whole body.
             body = interaction.request_body if decision.departure is None else decision.departure.request
-            exchange = replace(interaction, index=len(self.exchanges), request_body=body,
-                               request_headers=_headers_of(request))
+            exchange = replace(
+                interaction, index=len(self.exchanges), request_body=body, request_headers=_headers_of(request)
+            )
             if decision.departure is not None:
                 self.departures.append(replace(decision.departure, exchange=exchange.index))
             self.exchanges.append(exchange)
@@ -320,7 +321,8 @@ class Recorder:
         details: list[str] = []
         if difference is not None:
             why = f"{method} {path} #{ordinal} differs at {difference.path}" + (
-                f", offset {difference.offset}" if difference.offset is not None else "")
+                f", offset {difference.offset}" if difference.offset is not None else ""
+            )
             if difference.kind == "added":
                 details.append(f"added:    {difference.after}")
             elif difference.kind == "removed":
@@ -343,20 +345,25 @@ class Recorder:
 
     def _missing(self, method: str, path: str, body: bytes) -> MissingRecording:
         ordinal = self._ordinal(method, path)
-        replayed = [i for i in self._played if self._recordings[i].method == method and self._recordings[i].path == path]
+        replayed = [
+            i for i in self._played if self._recordings[i].method == method and self._recordings[i].path == path
+        ]
         if self.loaded is None:
             why = f"no cassette for this test; it sent {method} {path}"
             fix = self.record_command("once")
         elif replayed and any(self._recordings[i].request_body.raw == body for i in replayed):
-            why = (f"{method} {path} #{ordinal} was already replayed: the test sends this request more "
-                   f"times than it was recorded ({len(replayed)})")
+            why = (
+                f"{method} {path} #{ordinal} was already replayed: the test sends this request more "
+                f"times than it was recorded ({len(replayed)})"
+            )
             fix = self.record_command("all")
         else:
             recorded = len(replayed)
             why = f"{method} {path} #{ordinal} is not recorded (the cassette has {recorded} such request(s))"
             fix = self.record_command("all")
-        return MissingRecording("no recording for a request", file=str(self.cassette_path), test=self.test,
-                                why=why, fix=fix)
+        return MissingRecording(
+            "no recording for a request", file=str(self.cassette_path), test=self.test, why=why, fix=fix
+        )
 
     # ------------------------------------------------------------------ results
 

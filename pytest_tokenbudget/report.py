@@ -204,7 +204,10 @@ def cache_of(ledger: Ledger) -> list[dict[str, Any]] | None:
 
 
 def build_entry(
-    test_id: str, cassette: str | None, ledger: Ledger, pricer: Pricer,
+    test_id: str,
+    cassette: str | None,
+    ledger: Ledger,
+    pricer: Pricer,
     cache: Sequence[Mapping[str, Any]] | None = None,
 ) -> TestEntry:
     """Price one ledger into a report entry, with its cache analysis (computed when not given)."""
@@ -237,8 +240,9 @@ def build_report(
             continue
         entry = build_entry(test_id, cassette, ledger, pricer, item[3] if len(item) > 3 else None)
         tests.append(entry)
-        all_errors.extend(ReportError(cassette, reason, test_id if test_id != cassette else None)
-                          for reason in entry.errors)
+        all_errors.extend(
+            ReportError(cassette, reason, test_id if test_id != cassette else None) for reason in entry.errors
+        )
     return Report(tuple(tests), tuple(all_errors), pricer.source.as_dict())
 
 
@@ -283,8 +287,16 @@ _COLUMNS = ("turns", "input", "cache write", "cache read", "output", "hit rate",
 
 
 def _row(name: str, totals: Totals, cost: Decimal | None) -> list[str]:
-    return [name, _int(totals.turns), _int(totals.input_tokens), _int(totals.cache_creation_input_tokens),
-            _int(totals.cache_read_input_tokens), _int(totals.output_tokens), _pct(totals.cache_hit_rate), _usd(cost)]
+    return [
+        name,
+        _int(totals.turns),
+        _int(totals.input_tokens),
+        _int(totals.cache_creation_input_tokens),
+        _int(totals.cache_read_input_tokens),
+        _int(totals.output_tokens),
+        _pct(totals.cache_hit_rate),
+        _usd(cost),
+    ]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
@@ -292,8 +304,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: i
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for number, row in enumerate([header, *rows]):
-        cells = [str(c).ljust(w) if i < text_columns else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            str(c).ljust(w) if i < text_columns else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
         if number == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -302,8 +316,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: i
 
 def _source_line(source: Mapping[str, Any]) -> str:
     policy = source.get("timestamp_policy")
-    when = "each turn at its recorded time" if policy == "recorded" else (
-        f"today's prices ({str(source.get('priced_at') or '')[:10]})")
+    when = (
+        "each turn at its recorded time"
+        if policy == "recorded"
+        else (f"today's prices ({str(source.get('priced_at') or '')[:10]})")
+    )
     overrides = source.get("override_files") or []
     extra = f"; overrides: {', '.join(overrides)}" if overrides else ""
     return f"prices: {source.get('library')} {source.get('version')}, {when}{extra}"
@@ -330,29 +347,49 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
     if prefix:
         lines.append(f"in {prefix}")
     if report.tests:
-        rows = [_row(e.id[len(prefix):], e.totals, e.cost_usd) for e in report.sorted_tests()]
+        rows = [_row(e.id[len(prefix) :], e.totals, e.cost_usd) for e in report.sorted_tests()]
         if len(report.tests) > 1:
             rows.append(_row("total", report.totals, report.cost_usd))
         lines.extend(_table(("test", *_COLUMNS), rows))
     if verbose:
         for entry in report.sorted_tests():
             lines.append("")
-            lines.append(f"{entry.id}" + (f"  ({entry.cassette})" if entry.cassette and entry.cassette != entry.id else ""))
+            lines.append(
+                f"{entry.id}" + (f"  ({entry.cassette})" if entry.cassette and entry.cassette != entry.id else "")
+            )
             turn_rows = []
             for item in entry.turns:
                 turn = item.turn
                 kind = turn.endpoint + (" stream" if turn.stream else "")
-                turn_rows.append([str(turn.index), turn.model, kind,
-                                  str(item.cache["verdict"]) if item.cache else "", _int(turn.input_tokens),
-                                  _int(turn.cache_creation_input_tokens), _int(turn.cache_read_input_tokens),
-                                  _int(turn.output_tokens), _usd(item.cost.cost_usd if item.cost else None)])
-            lines.extend("  " + line for line in _table(
-                ("turn", "model", "endpoint", "cache", "input", "cache write", "cache read", "output", "cost USD"),
-                turn_rows, text_columns=4))
-            lines.extend(f"  turn {item.turn.index}: {item.cache['reason']}" for item in entry.turns
-                         if item.cache and item.cache["verdict"] not in ("hit", "no_cache_control"))
-    warnings = [(e.id, item) for e in report.sorted_tests() for item in e.turns
-                if item.cache and item.cache["verdict"] in _WARN]
+                turn_rows.append(
+                    [
+                        str(turn.index),
+                        turn.model,
+                        kind,
+                        str(item.cache["verdict"]) if item.cache else "",
+                        _int(turn.input_tokens),
+                        _int(turn.cache_creation_input_tokens),
+                        _int(turn.cache_read_input_tokens),
+                        _int(turn.output_tokens),
+                        _usd(item.cost.cost_usd if item.cost else None),
+                    ]
+                )
+            lines.extend(
+                "  " + line
+                for line in _table(
+                    ("turn", "model", "endpoint", "cache", "input", "cache write", "cache read", "output", "cost USD"),
+                    turn_rows,
+                    text_columns=4,
+                )
+            )
+            lines.extend(
+                f"  turn {item.turn.index}: {item.cache['reason']}"
+                for item in entry.turns
+                if item.cache and item.cache["verdict"] not in ("hit", "no_cache_control")
+            )
+    warnings = [
+        (e.id, item) for e in report.sorted_tests() for item in e.turns if item.cache and item.cache["verdict"] in _WARN
+    ]
     if warnings and not verbose:
         lines.append("")
         lines.append("cache:")

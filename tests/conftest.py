@@ -6,19 +6,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 # pytester's in-process runs drop the modules a run imported; importing the heavy ones here keeps
 # them loaded across runs (each run would otherwise re-import the SDK and hypothesis).
 import anthropic  # noqa: F401
-import hypothesis  # noqa: F401
 import httpx  # noqa: F401
+import hypothesis  # noqa: F401
+import pytest
 import vcr.patch  # noqa: F401
+
 import pytest_tokenbudget.emulator  # noqa: F401
 
 # A conftest for pytester projects: with TB_BLOCK_NETWORK=1 every outgoing connection fails,
 # so a replay that tried to reach any server would fail loudly.
-NETWORK_GUARD = '''
+NETWORK_GUARD = """
 import os
 import socket
 
@@ -34,11 +34,11 @@ def _block_network(monkeypatch):
 
         monkeypatch.setattr(socket.socket, "connect", _blocked)
         monkeypatch.setattr(socket.socket, "connect_ex", _blocked)
-'''
+"""
 
 # A multi-turn, tool-using support agent: cache_control on tools and system, one streamed turn
 # (messages.stream), one raw stream=True turn, one async turn, then count_tokens and a batch.
-AGENT_TEST = '''
+AGENT_TEST = """
 import asyncio
 import json
 import os
@@ -136,7 +136,7 @@ def test_support_agent(anthropic_emulator, token_ledger):
         json.dump({"turns": dump(token_ledger), "count_tokens": count.input_tokens,
                    "exchanges": len(token_ledger.exchanges),
                    "emulator_requests": len(anthropic_emulator.requests)}, out)
-'''
+"""
 
 
 def write_agent_project(pytester: pytest.Pytester, body: str = AGENT_TEST, name: str = "test_agent") -> Path:

@@ -115,8 +115,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
 
     def run(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -141,7 +147,9 @@ def test_clean_run_hits_on_every_turn_after_the_first(report: dict[str, Any]) ->
         assert predicted["cache_creation_input_tokens"] == turn["usage"]["cache_creation_input_tokens"]
     first = test["turns"][1]["cache"]["breakpoints"]
     assert [(b["level"], b["path"], b["ttl"], b["automatic"]) for b in first] == [
-        ("system", "system[0]", "5m", False), ("messages", "messages[2].content", "5m", True)]
+        ("system", "system[0]", "5m", False),
+        ("messages", "messages[2].content", "5m", True),
+    ]
     assert all(len(b["fingerprint"]) == 32 for b in first)
 
 
@@ -184,14 +192,17 @@ def test_six_minute_gap_expires_5m_but_not_1h(report: dict[str, Any]) -> None:
     test = report["test_six_minute_gap"]
     assert _verdicts(test) == ["write", "hit", "hit"]
     after_gap = test["turns"][2]
-    assert after_gap["usage"]["cache_read_input_tokens"] == test["turns"][0]["usage"]["cache_creation"][
-        "ephemeral_1h_input_tokens"]
+    assert (
+        after_gap["usage"]["cache_read_input_tokens"]
+        == test["turns"][0]["usage"]["cache_creation"]["ephemeral_1h_input_tokens"]
+    )
     assert "up to system[0]" in after_gap["cache"]["reason"]
     assert "had expired" in after_gap["cache"]["reason"]
     only_5m = report["test_six_minute_gap_5m_only"]
     assert _verdicts(only_5m) == ["write", "expired"]
-    assert "expired before this turn (it expired 60 s before the turn started)" in only_5m["turns"][1]["cache"][
-        "reason"]
+    assert (
+        "expired before this turn (it expired 60 s before the turn started)" in only_5m["turns"][1]["cache"]["reason"]
+    )
 
 
 def test_tool_choice_change_keeps_tools_and_system(report: dict[str, Any]) -> None:
@@ -239,7 +250,9 @@ def test_verdicts_on_real_recordings_match_what_the_api_reported() -> None:
     # First writes are estimates (the few tokens the API counts after the last block are learnt
     # from that very turn); every read is predicted exactly from the turn that wrote it.
     assert (exact, estimated) == (12, 12)
-    prompt_caching = REAL / "openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes/test_prompt_caching"
+    prompt_caching = (
+        REAL / "openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes/test_prompt_caching"
+    )
     for path in iter_cassette_files([prompt_caching]):
         results = turns_from(load_cassette(path).interactions).cache_analysis().turns
         assert [r.verdict for r in results] == ["write", "hit"], path.name

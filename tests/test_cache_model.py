@@ -35,8 +35,13 @@ def text(value: str, cache_control: dict[str, str] | None = None) -> dict[str, A
 
 def body_with_system(*blocks: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A request whose prefix is the given system blocks then one user message."""
-    return {"model": MODEL, "max_tokens": 10, "system": list(blocks),
-            "messages": [{"role": "user", "content": "Hi"}], **extra}
+    return {
+        "model": MODEL,
+        "max_tokens": 10,
+        "system": list(blocks),
+        "messages": [{"role": "user", "content": "Hi"}],
+        **extra,
+    }
 
 
 # -------------------------------------------------------------------------------- strategies
@@ -49,10 +54,12 @@ names = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
 @st.composite
 def tools(draw: st.DrawFn) -> dict[str, Any]:
     """A tool definition with a small input schema."""
-    properties = draw(st.dictionaries(names, st.sampled_from([{"type": "string"}, {"type": "integer"}]),
-                                      max_size=3))
-    return {"name": draw(names), "description": draw(words),
-            "input_schema": {"type": "object", "properties": properties}}
+    properties = draw(st.dictionaries(names, st.sampled_from([{"type": "string"}, {"type": "integer"}]), max_size=3))
+    return {
+        "name": draw(names),
+        "description": draw(words),
+        "input_schema": {"type": "object", "properties": properties},
+    }
 
 
 @st.composite
@@ -62,13 +69,22 @@ def content_blocks(draw: st.DrawFn) -> dict[str, Any]:
     if kind == "text":
         return {"type": "text", "text": draw(words)}
     if kind == "tool_use":
-        return {"type": "tool_use", "id": "toolu_" + draw(names), "name": draw(names),
-                "input": draw(st.dictionaries(names, words | st.integers() | st.floats(allow_nan=False),
-                                              max_size=3))}
+        return {
+            "type": "tool_use",
+            "id": "toolu_" + draw(names),
+            "name": draw(names),
+            "input": draw(st.dictionaries(names, words | st.integers() | st.floats(allow_nan=False), max_size=3)),
+        }
     if kind == "tool_result":
         return {"type": "tool_result", "tool_use_id": "toolu_" + draw(names), "content": draw(words)}
-    return {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                        "data": draw(st.from_regex(r"[A-Za-z0-9+/]{4,16}", fullmatch=True))}}
+    return {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": draw(st.from_regex(r"[A-Za-z0-9+/]{4,16}", fullmatch=True)),
+        },
+    }
 
 
 @st.composite
@@ -104,8 +120,9 @@ def mutable_strings(body: dict[str, Any]) -> list[tuple[int, list[str | int]]]:
             out.append((len(out), ["messages", m, "content"]))
             continue
         for c, block in enumerate(message["content"]):
-            field = {"text": ["text"], "tool_use": ["name"], "tool_result": ["content"],
-                     "image": ["source", "data"]}[block["type"]]
+            field = {"text": ["text"], "tool_use": ["name"], "tool_result": ["content"], "image": ["source", "data"]}[
+                block["type"]
+            ]
             out.append((len(out), ["messages", m, "content", c, *field]))
     return out
 
@@ -138,8 +155,9 @@ def strip_markers(value: Any) -> Any:
 
 @given(body=bodies(), indent=st.sampled_from([None, 2]), ascii_only=st.booleans())
 @settings(max_examples=150)
-def test_fingerprints_survive_key_order_preserving_reserialisation(body: dict[str, Any], indent: int | None,
-                                                                   ascii_only: bool) -> None:
+def test_fingerprints_survive_key_order_preserving_reserialisation(
+    body: dict[str, Any], indent: int | None, ascii_only: bool
+) -> None:
     """Re-serialising with other whitespace or escaping (same key order) gives the same fingerprints."""
     again = json.loads(json.dumps(body, indent=indent, ensure_ascii=ascii_only, separators=(", ", ": ")))
     assert layout_of(again).chain == layout_of(body).chain
@@ -170,8 +188,9 @@ def test_fingerprints_ignore_cache_control_markers(body: dict[str, Any], data: s
     body={"model": MODEL, "max_tokens": 100, "system": [text("abc")], "messages": [{"role": "user", "content": "x"}]},
     data=None,
 )
-def test_changing_one_character_changes_that_block_and_later_ones(body: dict[str, Any],
-                                                                  data: st.DataObject | None) -> None:
+def test_changing_one_character_changes_that_block_and_later_ones(
+    body: dict[str, Any], data: st.DataObject | None
+) -> None:
     """A changed character changes the fingerprint of its block and every later one, never an earlier one."""
     targets = mutable_strings(body)
     index, path = data.draw(st.sampled_from(targets)) if data is not None else targets[0]
@@ -179,7 +198,7 @@ def test_changing_one_character_changes_that_block_and_later_ones(body: dict[str
     position = data.draw(st.integers(0, len(old_string) - 1)) if data is not None else 1
     replacement = "a" if old_string[position] != "a" else "b"
     changed = copy.deepcopy(body)
-    set_path(changed, path, old_string[:position] + replacement + old_string[position + 1:])
+    set_path(changed, path, old_string[:position] + replacement + old_string[position + 1 :])
     before, after = layout_of(body).chain, layout_of(changed).chain
     assert len(before) == len(after) == len(targets)
     assert before[:index] == after[:index]
@@ -237,25 +256,34 @@ def test_string_and_block_forms_fingerprint_alike() -> None:
 def test_key_reorder_in_a_tool_schema_changes_the_fingerprint() -> None:
     """Sorting keys of a tool's input_schema changes its fingerprint: the cache hashes sent key order."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
-    body = {"model": MODEL, "tools": [{"name": "t", "input_schema": schema}],
-            "messages": [{"role": "user", "content": "x"}]}
+    body = {
+        "model": MODEL,
+        "tools": [{"name": "t", "input_schema": schema}],
+        "messages": [{"role": "user", "content": "x"}],
+    }
     resorted = json.loads(json.dumps(body, sort_keys=True))
     assert layout_of(resorted).chain[0] != layout_of(body).chain[0]
 
 
 def test_a_tool_property_named_cache_control_is_part_of_the_prefix() -> None:
     """A schema property or tool input key named ``cache_control`` is data, so changing it changes the fingerprint."""
+
     def with_property(kind: str) -> dict[str, Any]:
         schema = {"type": "object", "properties": {"cache_control": {"type": kind}}}
-        return {"model": MODEL, "tools": [{"name": "t", "input_schema": schema}],
-                "messages": [{"role": "user", "content": "x"}]}
+        return {
+            "model": MODEL,
+            "tools": [{"name": "t", "input_schema": schema}],
+            "messages": [{"role": "user", "content": "x"}],
+        }
 
     assert layout_of(with_property("string")).chain[0] != layout_of(with_property("boolean")).chain[0]
 
     def with_input(value: str) -> dict[str, Any]:
         call = {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {"cache_control": value}}
-        return {"model": MODEL,
-                "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [call]}]}
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": [call]}],
+        }
 
     assert layout_of(with_input("on")).chain[1] != layout_of(with_input("off")).chain[1]
 
@@ -292,22 +320,41 @@ def test_breakpoints_explicit_and_automatic() -> None:
 
 def test_automatic_breakpoint_skips_thinking_and_empty_text() -> None:
     """The automatic breakpoint walks back over blocks that cannot carry one."""
-    body = {"model": MODEL, "cache_control": EPHEMERAL, "messages": [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": [text("answer"), {"type": "thinking", "thinking": "t", "signature": "s"},
-                                          text("")]},
-    ]}
+    body = {
+        "model": MODEL,
+        "cache_control": EPHEMERAL,
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [text("answer"), {"type": "thinking", "thinking": "t", "signature": "s"}, text("")],
+            },
+        ],
+    }
     assert [p.path for p in layout_of(body).breakpoints] == ["messages[1].content[0]"]
 
 
-@pytest.mark.parametrize(("blocks", "extra", "problem"), [
-    ([text(c, EPHEMERAL) for c in "abcde"], {}, "A maximum of 4 blocks with cache_control may be provided. Found 5."),
-    ([text("a", EPHEMERAL), text("b", EPHEMERAL_1H)], {},
-     "system[1]: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"),
-    ([text("", EPHEMERAL)], {}, "system[0]: cache_control cannot be set for empty text blocks"),
-    ([text(c, EPHEMERAL) for c in "abcd"], {"cache_control": EPHEMERAL},
-     "top-level cache_control needs a free slot, but 4 blocks already have one"),
-])
+@pytest.mark.parametrize(
+    ("blocks", "extra", "problem"),
+    [
+        (
+            [text(c, EPHEMERAL) for c in "abcde"],
+            {},
+            "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+        ),
+        (
+            [text("a", EPHEMERAL), text("b", EPHEMERAL_1H)],
+            {},
+            "system[1]: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block",
+        ),
+        ([text("", EPHEMERAL)], {}, "system[0]: cache_control cannot be set for empty text blocks"),
+        (
+            [text(c, EPHEMERAL) for c in "abcd"],
+            {"cache_control": EPHEMERAL},
+            "top-level cache_control needs a free slot, but 4 blocks already have one",
+        ),
+    ],
+)
 def test_layout_problems(blocks: list[dict[str, Any]], extra: dict[str, Any], problem: str) -> None:
     """What the API rejects is reported, with its message."""
     assert layout_of(body_with_system(*blocks, **extra)).problems == (problem,)
@@ -332,8 +379,12 @@ def test_first_difference_in_system_text_gives_offset() -> None:
     new = body_with_system(text("You are a helpful assistant. Today is Tuesday."))
     difference = first_difference(old, new)
     assert difference is not None
-    assert (difference.path, difference.offset, difference.kind, difference.level) == ("system[0].text", 38,
-                                                                                       "changed", "system")
+    assert (difference.path, difference.offset, difference.kind, difference.level) == (
+        "system[0].text",
+        38,
+        "changed",
+        "system",
+    )
     # excerpts run from 32 characters before the offset (6) to 32 after it
     assert difference.describe() == (
         'system[0].text, offset 38: …"e a helpful assistant. Today is Monday." -> '
@@ -361,22 +412,28 @@ def test_first_difference_added_content_block() -> None:
     difference = first_difference({"messages": messages}, {"messages": grown})
     assert difference is not None
     assert (difference.path, difference.kind, difference.after) == (
-        "messages[4].content[1]", "added", '{"type":"text","text":"more"}')
+        "messages[4].content[1]",
+        "added",
+        '{"type":"text","text":"more"}',
+    )
     assert difference.describe() == 'messages[4].content[1]: added {"type":"text","text":"more"}'
 
 
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    ({"a": 1}, {"a": 1}, None),
-    ({"a": 1}, {"a": 1.0}, ("a", None, "changed")),
-    ({"a": 1}, {"a": True}, ("a", None, "type")),
-    ({"a": "abc"}, {"a": "abcd"}, ("a", 3, "changed")),
-    ({"a": 1, "b": 2}, {"a": 1}, ("b", None, "removed")),
-    ({"a": 1}, {"a": 1, "b": 2}, ("b", None, "added")),
-    ({"x": [1, 2, 3]}, {"x": [1, 2]}, ("x[2]", None, "removed")),
-    ({"p": {"my key": "v"}}, {"p": {"my key": "w"}}, ('p["my key"]', 0, "changed")),
-    ({"a": 1, "b": 2}, {"b": 2, "a": 1}, ("$", None, "reordered")),
-    ({"a": 0.0}, {"a": -0.0}, ("a", None, "changed")),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ({"a": 1}, {"a": 1}, None),
+        ({"a": 1}, {"a": 1.0}, ("a", None, "changed")),
+        ({"a": 1}, {"a": True}, ("a", None, "type")),
+        ({"a": "abc"}, {"a": "abcd"}, ("a", 3, "changed")),
+        ({"a": 1, "b": 2}, {"a": 1}, ("b", None, "removed")),
+        ({"a": 1}, {"a": 1, "b": 2}, ("b", None, "added")),
+        ({"x": [1, 2, 3]}, {"x": [1, 2]}, ("x[2]", None, "removed")),
+        ({"p": {"my key": "v"}}, {"p": {"my key": "w"}}, ('p["my key"]', 0, "changed")),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}, ("$", None, "reordered")),
+        ({"a": 0.0}, {"a": -0.0}, ("a", None, "changed")),
+    ],
+)
 def test_first_difference_cases(old: Any, new: Any, expected: tuple[str, int | None, str] | None) -> None:
     """Each kind of departure is reported at its path."""
     difference = first_difference(old, new)
@@ -419,25 +476,28 @@ def test_format_path_quotes_what_is_not_an_identifier() -> None:
 # -------------------------------------------------------------------------------- minimum length
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("claude-haiku-4-5", (4096, True)),
-    ("claude-haiku-4-5-20251001", (4096, True)),
-    ("claude-opus-4-5-20251101", (4096, True)),
-    ("claude-opus-4-6", (4096, True)),
-    ("claude-opus-4-7", (2048, True)),
-    ("claude-opus-4-8", (1024, True)),
-    ("claude-opus-4-1-20250805", (1024, True)),
-    ("claude-opus-4-20250514", (1024, True)),
-    ("claude-sonnet-4-5@20250929", (1024, True)),
-    ("claude-sonnet-4-6", (1024, True)),
-    ("claude-sonnet-5", (1024, True)),
-    ("claude-opus-5", (512, True)),
-    ("claude-sonnet-5-5", (512, False)),
-    ("claude-3-5-haiku-20241022", (2048, True)),
-    ("claude-3-haiku-20240307", (2048, True)),
-    ("CLAUDE-3-7-SONNET-20250219", (1024, True)),
-    ("some-other-model", (1024, False)),
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-haiku-4-5", (4096, True)),
+        ("claude-haiku-4-5-20251001", (4096, True)),
+        ("claude-opus-4-5-20251101", (4096, True)),
+        ("claude-opus-4-6", (4096, True)),
+        ("claude-opus-4-7", (2048, True)),
+        ("claude-opus-4-8", (1024, True)),
+        ("claude-opus-4-1-20250805", (1024, True)),
+        ("claude-opus-4-20250514", (1024, True)),
+        ("claude-sonnet-4-5@20250929", (1024, True)),
+        ("claude-sonnet-4-6", (1024, True)),
+        ("claude-sonnet-5", (1024, True)),
+        ("claude-opus-5", (512, True)),
+        ("claude-sonnet-5-5", (512, False)),
+        ("claude-3-5-haiku-20241022", (2048, True)),
+        ("claude-3-haiku-20240307", (2048, True)),
+        ("CLAUDE-3-7-SONNET-20250219", (1024, True)),
+        ("some-other-model", (1024, False)),
+    ],
+)
 def test_minimum_cacheable(model: str, expected: tuple[int, bool]) -> None:
     """Minimums follow the facts table; longer model prefixes win over shorter ones."""
     assert minimum_cacheable(model) == expected
@@ -448,8 +508,9 @@ def test_minimum_cacheable(model: str, expected: tuple[int, bool]) -> None:
 
 def system_layout(*ttls: str | None, model: str = MODEL) -> Any:
     """A layout of one system block per entry (marked with that TTL, or unmarked) then one message."""
-    blocks = [text(f"block {i}", None if ttl is None else {"type": "ephemeral", "ttl": ttl})
-              for i, ttl in enumerate(ttls)]
+    blocks = [
+        text(f"block {i}", None if ttl is None else {"type": "ephemeral", "ttl": ttl}) for i, ttl in enumerate(ttls)
+    ]
     return layout_of({"model": model, "system": blocks, "messages": [{"role": "user", "content": "Hi"}]})
 
 
@@ -459,18 +520,29 @@ def test_simulate_worked_example_mixed_ttls() -> None:
     cumulative = [1000, 2000, 3000, 4000, 5000]  # 4 system blocks + the message
     # turn 1: only the first 1h breakpoint, at 2000 tokens (block 1)
     first = simulate(system_layout(None, "1h", None, None), cumulative, store, NOW, minimum=1024)
-    assert (first.input_tokens, first.cache_read_input_tokens, first.cache_creation_1h,
-            first.cache_creation_5m) == (3000, 0, 2000, 0)
+    assert (first.input_tokens, first.cache_read_input_tokens, first.cache_creation_1h, first.cache_creation_5m) == (
+        3000,
+        0,
+        2000,
+        0,
+    )
     # turn 2: breakpoints 1h at block 1 (2000), 1h at block 2 (3000), 5m at block 3 (4000)
     # A = 2000 (hit), B = 3000 -> 1h writes 1000, C = 4000 -> 5m writes 1000, input 5000 - 4000 = 1000
     second = simulate(system_layout(None, "1h", "1h", "5m"), cumulative, store, NOW + 60, minimum=1024)
-    assert (second.input_tokens, second.cache_read_input_tokens, second.cache_creation_1h,
-            second.cache_creation_5m) == (1000, 2000, 1000, 1000)
+    assert (
+        second.input_tokens,
+        second.cache_read_input_tokens,
+        second.cache_creation_1h,
+        second.cache_creation_5m,
+    ) == (1000, 2000, 1000, 1000)
     assert second.hit_block == 1
     assert [p.block for p in second.written] == [2, 3]
-    assert second.usage() == {"input_tokens": 1000, "cache_creation_input_tokens": 2000,
-                              "cache_read_input_tokens": 2000,
-                              "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 1000}}
+    assert second.usage() == {
+        "input_tokens": 1000,
+        "cache_creation_input_tokens": 2000,
+        "cache_read_input_tokens": 2000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 1000},
+    }
     assert second.total_input_tokens == 5000
 
 
@@ -550,14 +622,20 @@ def test_simulate_billing_identity(sequence: list[tuple[list[str | None], list[i
         now += step
         layout = system_layout(*ttls)
         outcome = simulate(layout, cumulative, store, now, minimum=minimum)
-        parts = (outcome.input_tokens, outcome.cache_read_input_tokens, outcome.cache_creation_5m,
-                 outcome.cache_creation_1h)
+        parts = (
+            outcome.input_tokens,
+            outcome.cache_read_input_tokens,
+            outcome.cache_creation_5m,
+            outcome.cache_creation_1h,
+        )
         assert min(parts) >= 0
         assert sum(parts) == outcome.total_input_tokens == cumulative[-1]
         written = {p.block for p in outcome.written}
-        assert written == {p.block for p in layout.breakpoints
-                           if cumulative[p.block] >= minimum
-                           and (outcome.hit_block is None or p.block > outcome.hit_block)}
+        assert written == {
+            p.block
+            for p in layout.breakpoints
+            if cumulative[p.block] >= minimum and (outcome.hit_block is None or p.block > outcome.hit_block)
+        }
         if outcome.hit_block is not None:
             assert outcome.cache_read_input_tokens == cumulative[outcome.hit_block]
 
@@ -575,16 +653,27 @@ def test_diagnose_reasons() -> None:
     extended["messages"] += [{"role": "assistant", "content": "ok"}]
     assert diagnose(previous, cumulative, layout_of(extended)) is None
     assert diagnose(previous, cumulative, layout_of(body_with_system(text("a"), text("c")))) == {
-        "type": "system_changed", "cache_missed_input_tokens": 210}
+        "type": "system_changed",
+        "cache_missed_input_tokens": 210,
+    }
     changed_message = copy.deepcopy(base)
     changed_message["messages"][0]["content"] = "Ho"
     assert diagnose(previous, cumulative, layout_of(changed_message)) == {
-        "type": "messages_changed", "cache_missed_input_tokens": 10}
+        "type": "messages_changed",
+        "cache_missed_input_tokens": 10,
+    }
     assert diagnose(previous, cumulative, layout_of({**base, "model": "claude-opus-4-8"})) == {
-        "type": "model_changed", "cache_missed_input_tokens": 310}
+        "type": "model_changed",
+        "cache_missed_input_tokens": 310,
+    }
     assert diagnose(previous, cumulative, layout_of({**base, "speed": "fast"})) == {
-        "type": "model_changed", "cache_missed_input_tokens": 310}
-    assert diagnose(previous, cumulative, layout_of({**base, "thinking": {"type": "enabled", "budget_tokens": 1024}})) \
-        == {"type": "unavailable"}
+        "type": "model_changed",
+        "cache_missed_input_tokens": 310,
+    }
+    assert diagnose(
+        previous, cumulative, layout_of({**base, "thinking": {"type": "enabled", "budget_tokens": 1024}})
+    ) == {"type": "unavailable"}
     assert diagnose(previous, cumulative, layout_of({**base, "tools": [{"name": "t", "input_schema": {}}]})) == {
-        "type": "tools_changed", "cache_missed_input_tokens": 310}
+        "type": "tools_changed",
+        "cache_missed_input_tokens": 310,
+    }

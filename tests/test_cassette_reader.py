@@ -37,9 +37,16 @@ def encode(value: Any, style: str = "compact") -> bytes:
 
 def message_body(usage: dict[str, Any], text: str = "Hi!") -> dict[str, Any]:
     """A Messages API response body."""
-    return {"id": "msg_01", "type": "message", "role": "assistant", "model": MODEL,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": usage}
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
 
 
 def sse(*events: tuple[str, Any]) -> bytes:
@@ -52,23 +59,52 @@ def stream_body(start_usage: dict[str, Any], delta_usage: dict[str, Any], text: 
     start = {**message_body(start_usage), "content": [], "stop_reason": None}
     return sse(
         ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         ("ping", {"type": "ping"}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": text}}),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        ),
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                           "usage": delta_usage}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": delta_usage,
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     )
 
 
-def interaction(index: int, request: bytes, response: bytes, *, uri: str = URI, method: str = "POST",
-                status: int = 200, content_type: str = "application/json", at: float | None = None) -> Interaction:
+def interaction(
+    index: int,
+    request: bytes,
+    response: bytes,
+    *,
+    uri: str = URI,
+    method: str = "POST",
+    status: int = 200,
+    content_type: str = "application/json",
+    at: float | None = None,
+) -> Interaction:
     """An Interaction as the recorder builds it."""
-    return Interaction(index, method, uri, {"content-type": "application/json"}, Body(request), status, "OK",
-                       {"content-type": [content_type]}, Body(response), at)
+    return Interaction(
+        index,
+        method,
+        uri,
+        {"content-type": "application/json"},
+        Body(request),
+        status,
+        "OK",
+        {"content-type": [content_type]},
+        Body(response),
+        at,
+    )
 
 
 # -------------------------------------------------------------------------------- (a) round trips
@@ -76,22 +112,31 @@ def interaction(index: int, request: bytes, response: bytes, *, uri: str = URI, 
 
 def test_delta_encoding_of_a_growing_conversation() -> None:
     """A turn that extends the previous one is stored as ``extends`` + ops and rebuilds byte for byte."""
-    first = {"max_tokens": 100, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": EPHEMERAL}]}],
-        "model": MODEL}
+    first = {
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": EPHEMERAL}]}],
+        "model": MODEL,
+    }
     second = copy.deepcopy(first)
     del second["messages"][0]["content"][0]["cache_control"]
-    second["messages"] += [{"role": "assistant", "content": "Hi!"},
-                           {"role": "user", "content": [{"type": "text", "text": "Again", "cache_control": EPHEMERAL}]}]
+    second["messages"] += [
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": [{"type": "text", "text": "Again", "cache_control": EPHEMERAL}]},
+    ]
     usage = {"input_tokens": 9, "output_tokens": 1}
-    items = [interaction(i, encode(body), encode(message_body(usage)), at=1_800_000_000.25 + i)
-             for i, body in enumerate([first, second])]
+    items = [
+        interaction(i, encode(body), encode(message_body(usage)), at=1_800_000_000.25 + i)
+        for i, body in enumerate([first, second])
+    ]
     text = dump_cassette(items)
     stored = yaml.safe_load(text)["interactions"][1]["request"]["body"]
-    assert stored == {"extends": 0, "ops": [
-        {"drop": "messages[0].content[0].cache_control"},
-        {"append": "messages", "items": second["messages"][1:]},
-    ]}
+    assert stored == {
+        "extends": 0,
+        "ops": [
+            {"drop": "messages[0].content[0].cache_control"},
+            {"append": "messages", "items": second["messages"][1:]},
+        ],
+    }
     parsed = parse_cassette(text, "conv.yaml")
     assert [i.request_body.raw for i in parsed.interactions] == [encode(first), encode(second)]
     assert [i.recorded_at for i in parsed.interactions] == [1_800_000_000.25, 1_800_000_001.25]
@@ -100,8 +145,12 @@ def test_delta_encoding_of_a_growing_conversation() -> None:
 
 def test_loopback_port_is_dropped_and_volatile_headers_are_not_written() -> None:
     """The emulator's random port and secret or volatile headers never reach the file."""
-    item = interaction(0, encode({"model": MODEL}), encode(message_body({"input_tokens": 1, "output_tokens": 1})),
-                       uri="http://127.0.0.1:54321/v1/messages")
+    item = interaction(
+        0,
+        encode({"model": MODEL}),
+        encode(message_body({"input_tokens": 1, "output_tokens": 1})),
+        uri="http://127.0.0.1:54321/v1/messages",
+    )
     item.request_headers.update({"authorization": "Bearer sk-ant-secret-value", "x-stainless-retry-count": "0"})
     item.response_headers["anthropic-organization-id"] = ["org-123"]
     text = dump_cassette([item], secrets=["sk-ant-secret-value"])
@@ -116,13 +165,23 @@ def conversations(draw: st.DrawFn) -> list[tuple[str, bytes]]:
     """Request bodies of an agent run: a growing transcript with a moving breakpoint and odd edits."""
     unicode_text = st.text(st.characters(exclude_categories=("Cs",)), min_size=0, max_size=15)
     numbers = st.floats(allow_nan=False) | st.integers(-(2**70), 2**70)
-    tool = {"name": "lookup", "description": draw(unicode_text),
-            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}
+    tool = {
+        "name": "lookup",
+        "description": draw(unicode_text),
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+    }
     if draw(st.booleans()):
         tool = dict(reversed(list(tool.items())))
-    body: dict[str, Any] = {"max_tokens": draw(st.integers(0, 64000)), "messages": [
-        {"role": "user", "content": [{"type": "text", "text": draw(unicode_text), "cache_control": EPHEMERAL}]}],
-        "model": MODEL, "system": draw(unicode_text), "temperature": draw(numbers), "tools": [tool]}
+    body: dict[str, Any] = {
+        "max_tokens": draw(st.integers(0, 64000)),
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": draw(unicode_text), "cache_control": EPHEMERAL}]}
+        ],
+        "model": MODEL,
+        "system": draw(unicode_text),
+        "temperature": draw(numbers),
+        "tools": [tool],
+    }
     order = draw(st.permutations(list(body)))
     body = {key: body[key] for key in order}
     out = []
@@ -137,8 +196,12 @@ def conversations(draw: st.DrawFn) -> list[tuple[str, bytes]]:
         last = body["messages"][-1]["content"]
         if isinstance(last, list):
             last[-1].pop("cache_control", None)
-        call = {"type": "tool_use", "id": "toolu_" + str(len(out)), "name": "lookup",
-                "input": draw(st.dictionaries(st.text(max_size=4), unicode_text | numbers, max_size=3))}
+        call = {
+            "type": "tool_use",
+            "id": "toolu_" + str(len(out)),
+            "name": "lookup",
+            "input": draw(st.dictionaries(st.text(max_size=4), unicode_text | numbers, max_size=3)),
+        }
         body["messages"] += [
             {"role": "assistant", "content": draw(st.sampled_from([[call], draw(unicode_text)]))},
             {"role": "user", "content": [{"type": "text", "text": draw(unicode_text), "cache_control": EPHEMERAL}]},
@@ -157,10 +220,13 @@ def conversations(draw: st.DrawFn) -> list[tuple[str, bytes]]:
 
 @given(requests=conversations(), stream=st.booleans())
 @settings(max_examples=120, deadline=None)
-@example(requests=[("/v1/messages", encode({"a\n": 1, "b": [1]})), ("/v1/messages", encode({"a\n": 2, "b": [1]}))],
-         stream=False)
-@example(requests=[("/v1/messages", encode({"t": "x\x85y\n"})), ("/v1/messages", encode({"t": "\u2028\n "}))],
-         stream=True)
+@example(
+    requests=[("/v1/messages", encode({"a\n": 1, "b": [1]})), ("/v1/messages", encode({"a\n": 2, "b": [1]}))],
+    stream=False,
+)
+@example(
+    requests=[("/v1/messages", encode({"t": "x\x85y\n"})), ("/v1/messages", encode({"t": "\u2028\n "}))], stream=True
+)
 def test_round_trip_is_byte_exact(requests: list[tuple[str, bytes]], stream: bool) -> None:
     """dump_cassette then parse_cassette gives every request and response body back byte for byte."""
     usage = {"input_tokens": 12, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 7, "output_tokens": 3}
@@ -172,8 +238,11 @@ def test_round_trip_is_byte_exact(requests: list[tuple[str, bytes]], stream: boo
             response, kind = stream_body(usage, {"output_tokens": 3}), "text/event-stream; charset=utf-8"
         else:
             response, kind = encode(message_body(usage)), "application/json"
-        items.append(interaction(i, raw, response, uri="https://api.anthropic.com" + path, content_type=kind,
-                                 at=1_800_000_000.0 + i))
+        items.append(
+            interaction(
+                i, raw, response, uri="https://api.anthropic.com" + path, content_type=kind, at=1_800_000_000.0 + i
+            )
+        )
     text = dump_cassette(items)
     parsed = parse_cassette(text, "rt.yaml").interactions
     assert len(parsed) == len(items)
@@ -181,7 +250,11 @@ def test_round_trip_is_byte_exact(requests: list[tuple[str, bytes]], stream: boo
         assert after.request_body.raw == before.request_body.raw
         assert after.response_body.raw == before.response_body.raw
         assert (after.method, after.uri, after.status, after.content_type) == (
-            before.method, before.uri, before.status, before.content_type)
+            before.method,
+            before.uri,
+            before.status,
+            before.content_type,
+        )
     assert dump_cassette(parsed) == text  # reading and writing again changes nothing
     ledger = turns_from(parsed, source="rt.yaml")
     messages = sum(1 for path, _ in requests if path == "/v1/messages")
@@ -202,20 +275,33 @@ def test_undecodable_bodies_are_stored_as_base64() -> None:
 def our_cassette() -> str:
     """A valid cassette of our format: a JSON turn, then a streamed turn extending it."""
     first = {"max_tokens": 10, "messages": [{"role": "user", "content": "Hello"}], "model": MODEL}
-    second = {**first, "messages": [*first["messages"], {"role": "assistant", "content": "Hi"},
-                                    {"role": "user", "content": "Again"}], "stream": True}
+    second = {
+        **first,
+        "messages": [*first["messages"], {"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Again"}],
+        "stream": True,
+    }
     usage = {"input_tokens": 9, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 1}
-    return dump_cassette([
-        interaction(0, encode(first), encode(message_body(usage)), at=1_800_000_000.0),
-        interaction(1, encode(second), stream_body(usage, {"output_tokens": 2}),
-                    content_type="text/event-stream; charset=utf-8", at=1_800_000_001.0),
-        interaction(2, encode(first), encode({"type": "error", "error": {"type": "rate_limit_error",
-                                                                         "message": "slow down"}}), status=429),
-    ])
+    return dump_cassette(
+        [
+            interaction(0, encode(first), encode(message_body(usage)), at=1_800_000_000.0),
+            interaction(
+                1,
+                encode(second),
+                stream_body(usage, {"output_tokens": 2}),
+                content_type="text/event-stream; charset=utf-8",
+                at=1_800_000_001.0,
+            ),
+            interaction(
+                2,
+                encode(first),
+                encode({"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
+                status=429,
+            ),
+        ]
+    )
 
 
-def vcr_cassette(response_body: Any, *, headers: dict[str, list[str]] | None = None,
-                 status: Any = None) -> str:
+def vcr_cassette(response_body: Any, *, headers: dict[str, list[str]] | None = None, status: Any = None) -> str:
     """A vcrpy cassette holding one good JSON turn then one turn with the given response body."""
     usage = {"input_tokens": 9, "output_tokens": 1}
     good = {"string": gzip.compress(encode(message_body(usage)), mtime=0)}
@@ -224,15 +310,27 @@ def vcr_cassette(response_body: Any, *, headers: dict[str, list[str]] | None = N
         response: dict[str, Any] = {"headers": response_headers, "body": body}
         if code is not None:
             response["status"] = code
-        return {"request": {"method": "POST", "uri": URI, "headers": {"content-type": ["application/json"]},
-                            "body": json.dumps({"model": MODEL, "max_tokens": 10, "messages": []})},
-                "response": response}
+        return {
+            "request": {
+                "method": "POST",
+                "uri": URI,
+                "headers": {"content-type": ["application/json"]},
+                "body": json.dumps({"model": MODEL, "max_tokens": 10, "messages": []}),
+            },
+            "response": response,
+        }
 
-    data = {"interactions": [
-        item(good, {"content-type": ["application/json"], "content-encoding": ["gzip"]},
-             {"code": 200, "message": "OK"}),
-        item(response_body, headers or {"content-type": ["application/json"]}, status),
-    ], "version": 1}
+    data = {
+        "interactions": [
+            item(
+                good,
+                {"content-type": ["application/json"], "content-encoding": ["gzip"]},
+                {"code": 200, "message": "OK"},
+            ),
+            item(response_body, headers or {"content-type": ["application/json"]}, status),
+        ],
+        "version": 1,
+    }
     return yaml.dump(data, Dumper=yaml.SafeDumper)
 
 
@@ -286,7 +384,7 @@ def test_bad_json_file_names_the_interaction(tmp_path: Path) -> None:
     data = yaml.safe_load(our_cassette())
     text = json.dumps(data, indent=1, default=str)
     at = text.rindex('"status": 200')  # interaction 1's (interaction 2 has 429)
-    broken = text[:at] + '"status": 2 00' + text[at + len('"status": 200'):]
+    broken = text[:at] + '"status": 2 00' + text[at + len('"status": 200') :]
     expect_error(tmp_path, broken, 1, "invalid JSON", name="broken.json")
 
 
@@ -320,27 +418,52 @@ def test_bad_binary_tag_names_the_interaction(tmp_path: Path) -> None:
 
 def test_bad_gzip(tmp_path: Path) -> None:
     """A body marked ``content-encoding: gzip`` that is not gzip is an error at load time."""
-    text = vcr_cassette({"string": b"plainly not gzip"}, status={"code": 200, "message": "OK"},
-                        headers={"content-type": ["application/json"], "content-encoding": ["gzip"]})
+    text = vcr_cassette(
+        {"string": b"plainly not gzip"},
+        status={"code": 200, "message": "OK"},
+        headers={"content-type": ["application/json"], "content-encoding": ["gzip"]},
+    )
     expect_error(tmp_path, text, 1, "response body is not valid gzip data")
 
 
-@pytest.mark.parametrize(("body", "why"), [
-    (b"event: message_start\ndata: {not json}\n\n",
-     "broken SSE body: event 0 (message_start) has data that is not JSON"),
-    (sse(("content_block_start", {"type": "content_block_start", "index": 0,
-                                  "content_block": {"type": "text", "text": ""}})),
-     "broken SSE body: content_block_start before message_start"),
-    (b"", "broken SSE body: no message_start event"),
-    (stream_body({"input_tokens": 1, "output_tokens": 1}, {"output_tokens": 2}).rsplit(b"event: message_stop", 1)[0],
-     "broken SSE body: the stream ends before message_stop (truncated?)"),
-    (stream_body({"input_tokens": 1, "output_tokens": 1}, {"output_tokens": 2}).replace(
-        b', "usage": {"output_tokens": 2}', b""), "broken SSE body: message_delta has no usage"),
-])
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (
+            b"event: message_start\ndata: {not json}\n\n",
+            "broken SSE body: event 0 (message_start) has data that is not JSON",
+        ),
+        (
+            sse(
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                )
+            ),
+            "broken SSE body: content_block_start before message_start",
+        ),
+        (b"", "broken SSE body: no message_start event"),
+        (
+            stream_body({"input_tokens": 1, "output_tokens": 1}, {"output_tokens": 2}).rsplit(
+                b"event: message_stop", 1
+            )[0],
+            "broken SSE body: the stream ends before message_stop (truncated?)",
+        ),
+        (
+            stream_body({"input_tokens": 1, "output_tokens": 1}, {"output_tokens": 2}).replace(
+                b', "usage": {"output_tokens": 2}', b""
+            ),
+            "broken SSE body: message_delta has no usage",
+        ),
+    ],
+)
 def test_broken_sse_body(tmp_path: Path, body: bytes, why: str) -> None:
     """A stream that cannot be assembled into a message is a CassetteError naming the interaction."""
-    text = vcr_cassette({"string": body.decode()}, status={"code": 200, "message": "OK"},
-                        headers={"content-type": ["text/event-stream; charset=utf-8"]})
+    text = vcr_cassette(
+        {"string": body.decode()},
+        status={"code": 200, "message": "OK"},
+        headers={"content-type": ["text/event-stream; charset=utf-8"]},
+    )
     expect_error(tmp_path, text, 1, why)
 
 
@@ -380,9 +503,13 @@ def test_invalid_uri_is_a_cassette_error(tmp_path: Path) -> None:
 
 
 DAMAGE = st.lists(
-    st.tuples(st.sampled_from(["truncate", "flip", "delete", "insert"]), st.floats(0, 1),
-              st.sampled_from(list("\"'-:{}[]#&*!|>%@`, \n\t0123456789abcxyzé\\"))),
-    min_size=1, max_size=3,
+    st.tuples(
+        st.sampled_from(["truncate", "flip", "delete", "insert"]),
+        st.floats(0, 1),
+        st.sampled_from(list("\"'-:{}[]#&*!|>%@`, \n\t0123456789abcxyzé\\")),
+    ),
+    min_size=1,
+    max_size=3,
 )
 
 
@@ -393,9 +520,9 @@ def damaged(text: str, damage: list[tuple[str, float, str]]) -> str:
         if kind == "truncate":
             text = text[:offset]
         elif kind == "flip":
-            text = text[:offset] + char + text[offset + 1:]
+            text = text[:offset] + char + text[offset + 1 :]
         elif kind == "delete":
-            text = text[:offset] + text[offset + 1:]
+            text = text[:offset] + text[offset + 1 :]
         else:
             text = text[:offset] + char + text[offset:]
     return text
@@ -403,10 +530,11 @@ def damaged(text: str, damage: list[tuple[str, float, str]]) -> str:
 
 VALID_TEXTS = {
     "ours": our_cassette(),
-    "vcrpy": vcr_cassette({"string": stream_body({"input_tokens": 3, "output_tokens": 1},
-                                                 {"output_tokens": 5}).decode()},
-                          status={"code": 200, "message": "OK"},
-                          headers={"content-type": ["text/event-stream; charset=utf-8"]}),
+    "vcrpy": vcr_cassette(
+        {"string": stream_body({"input_tokens": 3, "output_tokens": 1}, {"output_tokens": 5}).decode()},
+        status={"code": 200, "message": "OK"},
+        headers={"content-type": ["text/event-stream; charset=utf-8"]},
+    ),
     "json": json.dumps(yaml.safe_load(our_cassette()), indent=1, default=str),
 }
 

@@ -15,8 +15,8 @@ Output: text counts ``ceil(len / 4)`` (at least 1); tool_use ``ceil(len(name + c
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -82,8 +82,7 @@ def client(emu: AnthropicEmulator) -> anthropic.Anthropic:
 # -------------------------------------------------------------------------------- messages
 
 
-def test_json_message_counts_tokens_and_shapes_the_message(client: anthropic.Anthropic,
-                                                           emu: AnthropicEmulator) -> None:
+def test_json_message_counts_tokens_and_shapes_the_message(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """A JSON message bills the documented synthetic counts and has the API's shape."""
     emu.script(Reply.text("Hello to you too!"))
     message = client.messages.create(model=MODEL, max_tokens=100, messages=HELLO)
@@ -115,8 +114,14 @@ def test_stream_true_sends_events_in_api_order(client: anthropic.Anthropic, emu:
     emu.script(Reply.text(text))
     events = list(client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, stream=True))
     assert [event.type for event in events] == [
-        "message_start", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_delta", "content_block_stop", "message_delta", "message_stop",
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     start = events[0].message
     assert start.content == []
@@ -208,8 +213,9 @@ def test_streamed_tool_use_assembles_input(client: anthropic.Anthropic, emu: Ant
     """A streamed tool call starts with ``input: {}`` and an empty partial JSON, then assembles its input."""
     arguments = {"city": "Paris", "days": 3, "units": "metric", "detail": "hourly forecast please"}
     emu.script(Reply.tool_use("get_weather", arguments, text="Let me check."))
-    events = list(client.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER_TOOL], messages=HELLO,
-                                         stream=True))
+    events = list(
+        client.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER_TOOL], messages=HELLO, stream=True)
+    )
     tool_start = next(e for e in events if e.type == "content_block_start" and e.index == 1)
     assert tool_start.content_block.input == {}
     partials = [e.delta.partial_json for e in events if e.type == "content_block_delta" and e.index == 1]
@@ -226,14 +232,12 @@ def test_streamed_tool_use_assembles_input(client: anthropic.Anthropic, emu: Ant
     assert final.usage.input_tokens == 46
 
 
-def test_count_tokens_matches_create_and_caches_nothing(client: anthropic.Anthropic,
-                                                        emu: AnthropicEmulator) -> None:
+def test_count_tokens_matches_create_and_caches_nothing(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """count_tokens returns the total input of the same request and writes no cache entry."""
     system = [system_block("s", 4099, EPHEMERAL)]  # 25 + 4099 = 4124 -> 1031
     counted = client.messages.count_tokens(model=MODEL, system=system, tools=[WEATHER_TOOL], messages=HELLO)
     assert counted.input_tokens == 37 + 1031 + 9
-    created = client.messages.create(model=MODEL, max_tokens=10, system=system, tools=[WEATHER_TOOL],
-                                     messages=HELLO)
+    created = client.messages.create(model=MODEL, max_tokens=10, system=system, tools=[WEATHER_TOOL], messages=HELLO)
     # the count did not write: this request writes tools + system (1068) and reads nothing
     assert usage_numbers(created) == (9, 1068, 0, 1068, 0, 1)
 
@@ -265,8 +269,13 @@ def test_batch_create_retrieve_results(client: anthropic.Anthropic, emu: Anthrop
     batch = client.messages.batches.create(requests=[batch_request("first", HELLO), batch_request("second", [])])
     assert batch.id.startswith("msgbatch_emu")
     assert batch.processing_status == "ended"
-    assert batch.request_counts.to_dict() == {"processing": 0, "succeeded": 1, "errored": 1, "canceled": 0,
-                                              "expired": 0}
+    assert batch.request_counts.to_dict() == {
+        "processing": 0,
+        "succeeded": 1,
+        "errored": 1,
+        "canceled": 0,
+        "expired": 0,
+    }
     assert batch.results_url == f"/v1/messages/batches/{batch.id}/results"
     assert batch.created_at == datetime.fromtimestamp(START, UTC)
     assert batch.expires_at == datetime.fromtimestamp(START, UTC) + timedelta(hours=24)
@@ -280,12 +289,13 @@ def test_batch_create_retrieve_results(client: anthropic.Anthropic, emu: Anthrop
     assert usage_numbers(succeeded.message) == (9, 0, 0, 0, 0, 4)
     assert succeeded.message.usage.service_tier == "batch"
     assert errored.type == "errored"
-    assert errored.error.to_dict() == {"type": "error", "error": {
-        "type": "invalid_request_error", "message": "messages: at least one message is required"}}
+    assert errored.error.to_dict() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "messages: at least one message is required"},
+    }
 
 
-def test_batch_stays_in_progress_until_clock_advanced(emu: AnthropicEmulator,
-                                                      client: anthropic.Anthropic) -> None:
+def test_batch_stays_in_progress_until_clock_advanced(emu: AnthropicEmulator, client: anthropic.Anthropic) -> None:
     """With batch_seconds=60 a batch is in_progress (no results_url) until the clock reaches 60 s."""
     emu.batch_seconds = 60
     batch = client.messages.batches.create(requests=[batch_request("a", HELLO), batch_request("b", HELLO)])
@@ -380,8 +390,10 @@ def test_rate_limit_without_retries_raises(client: anthropic.Anthropic, emu: Ant
     assert error.status_code == 429
     assert error.response.headers["retry-after"] == "2"
     assert error.response.headers["retry-after-ms"] == "2000"
-    assert error.body["error"] == {"type": "rate_limit_error",
-                                   "message": "Number of request tokens has exceeded your per-minute rate limit"}
+    assert error.body["error"] == {
+        "type": "rate_limit_error",
+        "message": "Number of request tokens has exceeded your per-minute rate limit",
+    }
     assert error.request_id is not None
     assert error.request_id.startswith("req_emu")
 
@@ -443,8 +455,9 @@ def test_missing_api_key_is_a_401(emu: AnthropicEmulator) -> None:
     """A request without credentials gets 401 authentication_error and is not retried."""
     sdk = anthropic.Anthropic(base_url=emu.base_url, api_key="test-key", max_retries=2)
     with pytest.raises(anthropic.AuthenticationError) as caught:
-        sdk.messages.create(model=MODEL, max_tokens=10, messages=HELLO,
-                            extra_headers={"Authorization": anthropic.Omit()})
+        sdk.messages.create(
+            model=MODEL, max_tokens=10, messages=HELLO, extra_headers={"Authorization": anthropic.Omit()}
+        )
     assert caught.value.status_code == 401
     assert caught.value.body["error"] == {"type": "authentication_error", "message": "x-api-key header is required"}
     assert caught.value.response.headers["x-should-retry"] == "false"
@@ -452,8 +465,7 @@ def test_missing_api_key_is_a_401(emu: AnthropicEmulator) -> None:
     assert "authorization" not in emu.requests[0].headers
 
 
-def test_stream_error_mid_stream_raises_api_status_error(client: anthropic.Anthropic,
-                                                         emu: AnthropicEmulator) -> None:
+def test_stream_error_mid_stream_raises_api_status_error(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """An ``event: error`` after HTTP 200 raises APIStatusError (status 200) after the first block, no retry."""
     sdk = anthropic.Anthropic(base_url=emu.base_url, api_key="test-key", max_retries=2)
     emu.script(Reply.stream_error("partial answer", after_blocks=1))
@@ -468,8 +480,7 @@ def test_stream_error_mid_stream_raises_api_status_error(client: anthropic.Anthr
     assert len(emu.requests) == 1
 
 
-def test_stream_error_reply_to_a_json_request_is_a_529(client: anthropic.Anthropic,
-                                                       emu: AnthropicEmulator) -> None:
+def test_stream_error_reply_to_a_json_request_is_a_529(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """A stream_error reply answers a non-streaming request with 529 overloaded."""
     emu.script(Reply.stream_error())
     with pytest.raises(anthropic.OverloadedError):
@@ -486,8 +497,13 @@ def test_explicit_breakpoints_on_tools_and_system(client: anthropic.Anthropic) -
 
     def send(system_char: str, description_char: str = "d") -> Any:
         tool = {**BIG_TOOL, "description": description_char * 4033, "cache_control": EPHEMERAL}
-        return client.messages.create(model=MODEL, max_tokens=10, tools=[tool],
-                                      system=[system_block(system_char, 1575, EPHEMERAL)], messages=HELLO)
+        return client.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            tools=[tool],
+            system=[system_block(system_char, 1575, EPHEMERAL)],
+            messages=HELLO,
+        )
 
     # tool 4096 chars -> 1024 (exactly the minimum); system 25 + 1575 = 1600 -> 400; "Hello" 9
     assert usage_numbers(send("b")) == (9, 1424, 0, 1424, 0, 1)
@@ -502,19 +518,22 @@ def test_automatic_cache_control_moves_forward(client: anthropic.Anthropic, emu:
     """Top-level cache_control marks the last block each turn and reads the previous turn's prefix."""
     system = "s" * 4099  # 25 + 4099 = 4124 -> 1031
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Hello"}]  # 9
-    first = client.messages.create(model=MODEL, max_tokens=10, system=system, messages=messages,
-                                   cache_control=EPHEMERAL)
+    first = client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=messages, cache_control=EPHEMERAL
+    )
     assert emu.requests[-1].body["cache_control"] == EPHEMERAL
     assert usage_numbers(first) == (0, 1040, 0, 1040, 0, 1)
     # + assistant "OK": 10 + 25 + 2 = 37 -> 10; + user "How are you?": 5 + 25 + 12 = 42 -> 11
     messages += [{"role": "assistant", "content": "OK"}, {"role": "user", "content": "How are you?"}]
-    second = client.messages.create(model=MODEL, max_tokens=10, system=system, messages=messages,
-                                    cache_control=EPHEMERAL)
+    second = client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=messages, cache_control=EPHEMERAL
+    )
     assert usage_numbers(second) == (0, 21, 1040, 21, 0, 1)
     # + assistant "OK" 10; + user "Bye": 5 + 25 + 3 = 33 -> 9
     messages += [{"role": "assistant", "content": "OK"}, {"role": "user", "content": "Bye"}]
-    third = client.messages.create(model=MODEL, max_tokens=10, system=system, messages=messages,
-                                   cache_control=EPHEMERAL)
+    third = client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=messages, cache_control=EPHEMERAL
+    )
     assert usage_numbers(third) == (0, 19, 1061, 19, 0, 1)
 
 
@@ -523,16 +542,16 @@ def test_automatic_cache_control_with_1h_ttl(client: anthropic.Anthropic, emu: A
     system = "s" * 4099  # 1031; "Hello" 9
 
     def send() -> Any:
-        return client.messages.create(model=MODEL, max_tokens=10, system=system, messages=HELLO,
-                                      cache_control=EPHEMERAL_1H)
+        return client.messages.create(
+            model=MODEL, max_tokens=10, system=system, messages=HELLO, cache_control=EPHEMERAL_1H
+        )
 
     assert usage_numbers(send()) == (0, 1040, 0, 0, 1040, 1)
     emu.clock.advance(minutes=6)
     assert usage_numbers(send()) == (0, 0, 1040, 0, 0, 1)
 
 
-def test_5m_entry_expires_after_6_minutes_but_1h_survives(client: anthropic.Anthropic,
-                                                         emu: AnthropicEmulator) -> None:
+def test_5m_entry_expires_after_6_minutes_but_1h_survives(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """After 6 minutes the 5m segment is written again while the 1h prefix before it is read."""
     system = [system_block("a", 4099, EPHEMERAL_1H), system_block("b", 1575, EPHEMERAL)]  # 1031, 400
 
@@ -603,11 +622,13 @@ def test_lookback_reaches_20_blocks(client: anthropic.Anthropic, moved: int, hit
 
     # content[0]: 5 + 25 + 3 = 33 -> 9 (block 1); content[i > 0]: 25 + 3 = 28 -> 7 (block i + 1)
     # total = 1031 + 9 + 40 * 7 = 1320
-    first = client.messages.create(model=MODEL, max_tokens=10, system=system,
-                                   messages=[{"role": "user", "content": content(0)}])
+    first = client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=[{"role": "user", "content": content(0)}]
+    )
     assert usage_numbers(first) == (280, 1040, 0, 1040, 0, 1)
-    second = client.messages.create(model=MODEL, max_tokens=10, system=system,
-                                    messages=[{"role": "user", "content": content(moved)}])
+    second = client.messages.create(
+        model=MODEL, max_tokens=10, system=system, messages=[{"role": "user", "content": content(moved)}]
+    )
     marked_total = 1040 + moved * 7
     if hit:  # positions 20 down to 1 include the entry at block 1
         assert usage_numbers(second) == (1320 - marked_total, moved * 7, 1040, moved * 7, 0, 1)
@@ -639,12 +660,12 @@ def diagnosed(client: anthropic.Anthropic, previous: str | None, **params: Any) 
     """Send a beta request asking for cache diagnostics against ``previous``."""
     params.setdefault("system", DIAG_SYSTEM)
     params.setdefault("messages", HELLO)
-    return client.beta.messages.create(model=MODEL, max_tokens=10, betas=[DIAGNOSTICS_BETA],
-                                       diagnostics={"previous_message_id": previous}, **params)
+    return client.beta.messages.create(
+        model=MODEL, max_tokens=10, betas=[DIAGNOSTICS_BETA], diagnostics={"previous_message_id": previous}, **params
+    )
 
 
-def test_diagnostics_null_on_first_turn_and_on_extension(client: anthropic.Anthropic,
-                                                         emu: AnthropicEmulator) -> None:
+def test_diagnostics_null_on_first_turn_and_on_extension(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """Diagnostics are null on turn 1 and when the next request extends the previous one."""
     first = diagnosed(client, None)
     assert emu.requests[-1].headers["anthropic-beta"] == DIAGNOSTICS_BETA
@@ -674,9 +695,15 @@ def test_diagnostics_tools_and_model_changed(client: anthropic.Anthropic) -> Non
     assert second.to_dict()["diagnostics"] == {
         "cache_miss_reason": {"type": "tools_changed", "cache_missed_input_tokens": 1477}
     }
-    third = client.beta.messages.create(model="claude-opus-4-8", max_tokens=10, betas=[DIAGNOSTICS_BETA],
-                                        diagnostics={"previous_message_id": second.id}, system=DIAG_SYSTEM,
-                                        messages=HELLO, tools=[other_tool])
+    third = client.beta.messages.create(
+        model="claude-opus-4-8",
+        max_tokens=10,
+        betas=[DIAGNOSTICS_BETA],
+        diagnostics={"previous_message_id": second.id},
+        system=DIAG_SYSTEM,
+        messages=HELLO,
+        tools=[other_tool],
+    )
     assert third.to_dict()["diagnostics"] == {
         "cache_miss_reason": {"type": "model_changed", "cache_missed_input_tokens": 1477}
     }
@@ -699,8 +726,9 @@ def test_diagnostics_unavailable_when_only_tool_choice_differs(client: anthropic
 
 def test_diagnostics_absent_without_beta_header(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """Plain messages.create with diagnostics= sends no beta header, so the response has no diagnostics key."""
-    message = client.messages.create(model=MODEL, max_tokens=10, messages=HELLO,
-                                     diagnostics={"previous_message_id": None})
+    message = client.messages.create(
+        model=MODEL, max_tokens=10, messages=HELLO, diagnostics={"previous_message_id": None}
+    )
     assert "anthropic-beta" not in emu.requests[-1].headers
     assert emu.requests[-1].body["diagnostics"] == {"previous_message_id": None}
     assert "diagnostics" not in message.to_dict()
@@ -709,9 +737,17 @@ def test_diagnostics_absent_without_beta_header(client: anthropic.Anthropic, emu
 def test_diagnostics_in_stream_come_on_message_start(client: anthropic.Anthropic) -> None:
     """A streamed beta request carries diagnostics on message_start."""
     first = diagnosed(client, None)
-    events = list(client.beta.messages.create(
-        model=MODEL, max_tokens=10, betas=[DIAGNOSTICS_BETA], diagnostics={"previous_message_id": first.id},
-        system=[system_block("z", 4099), system_block("b", 1575)], messages=HELLO, stream=True))
+    events = list(
+        client.beta.messages.create(
+            model=MODEL,
+            max_tokens=10,
+            betas=[DIAGNOSTICS_BETA],
+            diagnostics={"previous_message_id": first.id},
+            system=[system_block("z", 4099), system_block("b", 1575)],
+            messages=HELLO,
+            stream=True,
+        )
+    )
     assert events[0].type == "message_start"
     assert events[0].message.to_dict()["diagnostics"] == {
         "cache_miss_reason": {"type": "system_changed", "cache_missed_input_tokens": 1440}
@@ -729,14 +765,16 @@ def test_two_fresh_emulators_answer_identically() -> None:
             sdk = anthropic.Anthropic(base_url=emulator.base_url, api_key="test-key", max_retries=0)
             emulator.script(Reply.tool_use("get_weather", {"city": "Paris"}), Reply.error(529), Reply.text("Hi"))
             out: list[Any] = []
-            first = sdk.messages.with_raw_response.create(model=MODEL, max_tokens=10, tools=[WEATHER_TOOL],
-                                                          messages=HELLO)
+            first = sdk.messages.with_raw_response.create(
+                model=MODEL, max_tokens=10, tools=[WEATHER_TOOL], messages=HELLO
+            )
             out += [first.headers["request-id"], first.parse().to_dict()]
             with pytest.raises(anthropic.OverloadedError) as caught:
                 sdk.messages.create(model=MODEL, max_tokens=10, messages=HELLO)
             out.append(caught.value.body)
-            with sdk.messages.stream(model=MODEL, max_tokens=10, system=[system_block("a", 4099, EPHEMERAL)],
-                                     messages=HELLO) as stream:
+            with sdk.messages.stream(
+                model=MODEL, max_tokens=10, system=[system_block("a", 4099, EPHEMERAL)], messages=HELLO
+            ) as stream:
                 out.append(stream.get_final_message().to_dict())
             batch = sdk.messages.batches.create(requests=[batch_request("a", HELLO)])
             out += [batch.to_dict(), [r.to_dict() for r in sdk.messages.batches.results(batch.id)]]
@@ -751,9 +789,10 @@ def test_two_fresh_emulators_answer_identically() -> None:
 def test_prewarm_is_refused_where_the_api_refuses_it(client: anthropic.Anthropic) -> None:
     """max_tokens=0 is a 400 with thinking enabled, a forced tool_choice or stream=True."""
     tool = {"name": "t", "description": "d", "input_schema": {"type": "object"}}
-    with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with thinking.type: enabled"):
-        client.messages.create(model=MODEL, max_tokens=0, messages=HELLO,
-                               thinking={"type": "enabled", "budget_tokens": 1024})
+    with pytest.raises(anthropic.BadRequestError, match=r"max_tokens: 0 is not supported with thinking\.type: enabled"):
+        client.messages.create(
+            model=MODEL, max_tokens=0, messages=HELLO, thinking={"type": "enabled", "budget_tokens": 1024}
+        )
     with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with tool_choice any/tool"):
         client.messages.create(model=MODEL, max_tokens=0, messages=HELLO, tools=[tool], tool_choice={"type": "any"})
     with pytest.raises(anthropic.BadRequestError, match="max_tokens: 0 is not supported with stream: true"):

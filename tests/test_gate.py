@@ -12,7 +12,7 @@ from conftest import NETWORK_GUARD, read_json
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
-AGENT = '''
+AGENT = """
 import anthropic
 from pytest_tokenbudget.emulator import Reply
 
@@ -35,7 +35,7 @@ def ask(turns=3):
 def test_refund(anthropic_emulator):
     anthropic_emulator.script(*[Reply.text(f"Step {k}: checking the order.") for k in range(3)])
     ask()
-'''
+"""
 
 
 def _project(pytester: pytest.Pytester, body: str = AGENT) -> None:
@@ -83,17 +83,19 @@ def test_edit_before_the_breakpoint_fails_the_gate_with_path_and_offset(recorded
     _project(recorded, AGENT.replace("Check the order before refunding.", "Check the order before any refund."))
     result = _run(recorded, "--token-budget")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*tokenbudget: the change breaks the token budget gate",
-        '*- turn 0: system[[]0].text, offset 61: …"he shop. Check the order before refunding. You are the refund ag"… '
-        '-> …"he shop. Check the order before any refund. You are the refund a"…; the prefix cached at system[[]0] '
-        "(1,447 tokens) is no longer sent",
-        # 1,447 tokens written at $3.75/MTok instead of read at $0.30/MTok (Sonnet 4.6).
-        "*- every live conversation rebuilds its cache: 1,447 cached tokens thrown away per run, about $0.004992 "
-        "more per conversation",
-        "*where the tokens went:",
-        "*fix:  if intended, accept it: pytest test_refund.py::test_refund --token-budget --token-budget-update*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenbudget: the change breaks the token budget gate",
+            '*- turn 0: system[[]0].text, offset 61: …"he shop. Check the order before refunding. You are the refund ag"… '
+            '-> …"he shop. Check the order before any refund. You are the refund a"…; the prefix cached at system[[]0] '
+            "(1,447 tokens) is no longer sent",
+            # 1,447 tokens written at $3.75/MTok instead of read at $0.30/MTok (Sonnet 4.6).
+            "*- every live conversation rebuilds its cache: 1,447 cached tokens thrown away per run, about $0.004992 "
+            "more per conversation",
+            "*where the tokens went:",
+            "*fix:  if intended, accept it: pytest test_refund.py::test_refund --token-budget --token-budget-update*",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
     # Without --token-budget, replay is strict: the changed request fails as a departure.
     strict = _run(recorded)
@@ -113,8 +115,9 @@ def test_edit_after_the_last_breakpoint_passes_with_an_estimated_cost_change(rec
     turns = read_json(recorded.path / "report.json")["tests"][0]["turns"]
     assert [t["cache"]["verdict"] for t in turns] == ["write", "hit", "hit"]
     method = turns[0]["cache"]["estimated"]["method"]
-    assert method == ("recorded 1,460 input tokens + 8 characters x 0.2500 tokens/character "
-                      "(this recording's own ratio) = 1,462")
+    assert method == (
+        "recorded 1,460 input tokens + 8 characters x 0.2500 tokens/character (this recording's own ratio) = 1,462"
+    )
 
 
 def test_update_accepts_a_change_and_the_gate_then_passes(recorded: pytest.Pytester) -> None:
@@ -125,8 +128,10 @@ def test_update_accepts_a_change_and_the_gate_then_passes(recorded: pytest.Pytes
     _run(recorded, "--token-budget-update").assert_outcomes(passed=1)
     after = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
     assert after["estimated"] is True
-    assert after["cached_prefixes"][0]["breakpoints"][0]["fingerprint"] != \
-        before["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
+    assert (
+        after["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
+        != before["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
+    )
     _run(recorded, "--token-budget").assert_outcomes(passed=1)
 
 
@@ -136,13 +141,17 @@ def test_a_25_percent_cost_increase_fails_at_the_10_percent_threshold(recorded: 
     result = _run(recorded, "--token-budget")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    match = re.search(r"cost \$(\S+) \(estimated\) vs baseline \$(\S+) \(\+\$\S+, \+(\d+\.\d)%\): over the \+10% "
-                      r"threshold", out)
+    match = re.search(
+        r"cost \$(\S+) \(estimated\) vs baseline \$(\S+) \(\+\$\S+, \+(\d+\.\d)%\): over the \+10% "
+        r"threshold",
+        out,
+    )
     assert match, out
     assert float(match.group(3)) >= 25.0
     # A per-test threshold in tokenbudget.yaml lets it through.
     (recorded.path / "tokenbudget.yaml").write_text(
-        'tests:\n  "test_refund.py::*":\n    max_cost_increase: 0.5\n    max_hit_rate_drop: 0.2\n')
+        'tests:\n  "test_refund.py::*":\n    max_cost_increase: 0.5\n    max_hit_rate_drop: 0.2\n'
+    )
     _run(recorded, "--token-budget").assert_outcomes(passed=1)
 
 
@@ -152,12 +161,14 @@ def test_a_corrupted_baseline_is_a_usage_error(recorded: pytest.Pytester) -> Non
     path.write_text(path.read_text()[:200])
     result = _run(recorded, "--token-budget")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([
-        "*tokenbudget: the token budget baseline cannot be read",
-        f"*file: {path}, line *",
-        "*why:  not valid JSON: *",
-        "*fix:  restore it from version control, or rewrite it: pytest --token-budget --token-budget-update",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "*tokenbudget: the token budget baseline cannot be read",
+            f"*file: {path}, line *",
+            "*why:  not valid JSON: *",
+            "*fix:  restore it from version control, or rewrite it: pytest --token-budget --token-budget-update",
+        ]
+    )
     assert "Traceback" not in result.stderr.str()
     path.write_text('{"schema_version": 1, "tests": {"t": {"turns": "three"}}}')
     invalid = _run(recorded, "--token-budget")
@@ -174,23 +185,29 @@ def test_update_prunes_tests_that_no_longer_exist_and_keeps_deselected_ones(reco
     (recorded.path / "tokenbudget-baseline.json").write_text(json.dumps(document))
     recorded.makepyfile(test_other="def test_other():\n    assert True\n")
     result = _run(recorded, "--token-budget-update", "-k", "test_other")
-    result.stdout.fnmatch_lines([
-        "*pruned 2 entries for tests that no longer exist: test_gone.py::test_old, test_refund.py::test_renamed_away",
-        "*kept 1 entry for tests that did not run: test_refund.py::test_refund",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*pruned 2 entries for tests that no longer exist: test_gone.py::test_old, test_refund.py::test_renamed_away",
+            "*kept 1 entry for tests that did not run: test_refund.py::test_refund",
+        ]
+    )
     assert sorted(_baseline(recorded)["tests"]) == ["test_refund.py::test_refund"]
 
 
 def test_xdist_writes_one_identical_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``-n 2`` the controller writes the baseline once, identical to a serial run's."""
-    _project(pytester, AGENT + textwrap.dedent('''
+    _project(
+        pytester,
+        AGENT
+        + textwrap.dedent("""
         import pytest
 
         @pytest.mark.parametrize("turns", [1, 2, 3])
         def test_more(anthropic_emulator, turns):
             anthropic_emulator.script(*[Reply.text("ok") for _ in range(turns)])
             ask(turns)
-    '''))
+    """),
+    )
     _run(pytester, "--token-budget-record=once").assert_outcomes(passed=4)
     monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
     _run(pytester, "--token-budget-update").assert_outcomes(passed=4)
@@ -200,4 +217,5 @@ def test_xdist_writes_one_identical_baseline(pytester: pytest.Pytester, monkeypa
     parallel.assert_outcomes(passed=4)
     assert (pytester.path / "tokenbudget-baseline.json").read_bytes() == serial
     assert sorted(p.name for p in Path(pytester.path).iterdir() if "baseline" in p.name) == [
-        "tokenbudget-baseline.json"]
+        "tokenbudget-baseline.json"
+    ]

@@ -35,7 +35,8 @@ def test_failures_become_annotations_and_the_job_summary_shows_the_gate(
 ) -> None:
     """Under GitHub Actions a budget failure prints an error annotation on the test's line."""
     pytester.makeconftest(NETWORK_GUARD)
-    pytester.makepyfile(test_ci=textwrap.dedent('''
+    pytester.makepyfile(
+        test_ci=textwrap.dedent("""
         import anthropic
         import pytest
         from pytest_tokenbudget.emulator import Reply
@@ -46,17 +47,20 @@ def test_failures_become_annotations_and_the_job_summary_shows_the_gate(
             anthropic_emulator.script(Reply.text("hi"))
             anthropic.Anthropic().messages.create(model="claude-haiku-4-5", max_tokens=8,
                                                   messages=[{"role": "user", "content": "hi"}])
-    '''))
+    """)
+    )
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     summary = pytester.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once", "--token-budget")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        # Line 6 is the marker's line: the annotation points at the budget that failed.
-        "::error file=test_ci.py,line=6,title=token budget: test_over::tokenbudget: over its token budget%0A*"
-        "- 1 turns, budget 0%0A*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            # Line 6 is the marker's line: the annotation points at the budget that failed.
+            "::error file=test_ci.py,line=6,title=token budget: test_over::tokenbudget: over its token budget%0A*"
+            "- 1 turns, budget 0%0A*",
+        ]
+    )
     text = summary.read_text()
     assert text.startswith("## Token budget\n")
     assert "| `test_ci.py::test_over` | 1 | 8 | 0 | 0 | 1 | 0.0% | $0.000013 |" in text

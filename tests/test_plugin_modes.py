@@ -11,7 +11,7 @@ from conftest import NETWORK_GUARD
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
-SMALL_AGENT = '''
+SMALL_AGENT = """
 import os
 
 import anthropic
@@ -34,7 +34,7 @@ def test_weather(anthropic_emulator, token_ledger):
     anthropic_emulator.script(Reply.text("Sunny."), Reply.text("Still sunny."), Reply.text("Sunny again."))
     ask()
     assert len(token_ledger) == 2
-'''
+"""
 
 
 def _project(pytester: pytest.Pytester, body: str = SMALL_AGENT, name: str = "test_weather") -> Path:
@@ -48,31 +48,41 @@ def _cassette(pytester: pytest.Pytester, name: str = "test_weather/test_weather.
 
 def test_missing_recording_fails_only_that_test_with_the_record_command(pytester: pytest.Pytester) -> None:
     """A test without a cassette fails alone, naming the test, the cassette and the command to record it."""
-    _project(pytester, SMALL_AGENT + textwrap.dedent('''
+    _project(
+        pytester,
+        SMALL_AGENT
+        + textwrap.dedent("""
         def test_offline_math():
             assert 1 + 1 == 2
-    '''))
+    """),
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*tokenbudget: no recording for a request*",
-        "*file: */cassettes/test_weather/test_weather.yaml",
-        "*test: test_weather.py::test_weather",
-        "*why:  no cassette for this test; it sent POST /v1/messages",
-        "*fix:  pytest test_weather.py::test_weather --token-budget-record=once",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenbudget: no recording for a request*",
+            "*file: */cassettes/test_weather/test_weather.yaml",
+            "*test: test_weather.py::test_weather",
+            "*why:  no cassette for this test; it sent POST /v1/messages",
+            "*fix:  pytest test_weather.py::test_weather --token-budget-record=once",
+        ]
+    )
     assert "Traceback" not in result.stdout.str()
     assert not _cassette(pytester).exists()
 
 
 def test_once_records_then_replays_without_reaching_the_emulator(pytester: pytest.Pytester) -> None:
     """``once`` records a missing cassette, then replays it: the emulator sees no request the second time."""
-    _project(pytester, SMALL_AGENT + textwrap.dedent('''
+    _project(
+        pytester,
+        SMALL_AGENT
+        + textwrap.dedent("""
         def test_counts(anthropic_emulator):
             ask(turns=1)
             with open("emulator_requests.txt", "a") as out:
                 out.write(f"{len(anthropic_emulator.requests)}\\n")
-    '''))
+    """),
+    )
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=2)
     first = _cassette(pytester).read_bytes()
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=2)
@@ -105,8 +115,12 @@ def test_new_episodes_keeps_recordings_and_appends_new_requests(pytester: pytest
     _project(pytester)
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert _cassette(pytester).read_text().count("- request:") == 2
-    _project(pytester, SMALL_AGENT.replace("ask()\n    assert len(token_ledger) == 2", "ask(turns=3)\n"
-                                           "    assert len(token_ledger) == 3"))
+    _project(
+        pytester,
+        SMALL_AGENT.replace(
+            "ask()\n    assert len(token_ledger) == 2", "ask(turns=3)\n    assert len(token_ledger) == 3"
+        ),
+    )
     pytester.runpytest("--token-budget-record=new_episodes", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert _cassette(pytester).read_text().count("- request:") == 3
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
@@ -121,8 +135,9 @@ def test_ini_record_mode_and_a_bad_value(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntoken_budget_record_mode = sometimes\n")
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*token_budget_record_mode = 'sometimes' is not a record mode; use one of "
-                                 "none, once, new_episodes, all"])
+    result.stderr.fnmatch_lines(
+        ["*token_budget_record_mode = 'sometimes' is not a record mode; use one of none, once, new_episodes, all"]
+    )
     assert "Traceback" not in result.stderr.str()
 
 
@@ -130,19 +145,25 @@ def test_changed_prompt_fails_with_the_first_difference(pytester: pytest.Pyteste
     """A prompt edited after recording fails replay with the JSON path, offset and both excerpts."""
     _project(pytester)
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
-    _project(pytester, SMALL_AGENT.replace('"You answer about the weather. " * 200',
-                                           '"You answer about the weather. " * 100 + "Today is 2026-11-25. "'
-                                           ' + "You answer about the weather. " * 99'))
+    _project(
+        pytester,
+        SMALL_AGENT.replace(
+            '"You answer about the weather. " * 200',
+            '"You answer about the weather. " * 100 + "Today is 2026-11-25. " + "You answer about the weather. " * 99',
+        ),
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*tokenbudget: a request departs from its recording*",
-        "*file: */cassettes/test_weather/test_weather.yaml (interaction 0)",
-        "*why:  POST /v1/messages #1 differs at system[[]0].text, offset 3000",
-        '*recorded: …". You answer about the weather. You answer about the weather. Yo"…',
-        '*now:      …". You answer about the weather. Today is 2026-11-25. You answer "…',
-        "*fix:  if the change is intended, re-record: pytest test_weather.py::test_weather --token-budget-record=all",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenbudget: a request departs from its recording*",
+            "*file: */cassettes/test_weather/test_weather.yaml (interaction 0)",
+            "*why:  POST /v1/messages #1 differs at system[[]0].text, offset 3000",
+            '*recorded: …". You answer about the weather. You answer about the weather. Yo"…',
+            '*now:      …". You answer about the weather. Today is 2026-11-25. You answer "…',
+            "*fix:  if the change is intended, re-record: pytest test_weather.py::test_weather --token-budget-record=all",
+        ]
+    )
 
 
 def test_unused_recordings_fail_the_test(pytester: pytest.Pytester) -> None:
@@ -152,10 +173,12 @@ def test_unused_recordings_fail_the_test(pytester: pytest.Pytester) -> None:
     _project(pytester, SMALL_AGENT.replace("ask()\n    assert len(token_ledger) == 2", "ask(turns=1)"))
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*tokenbudget: the test left recordings unplayed*",
-        "*why:  1 recorded request(s) were not sent, from interaction 1 (POST /v1/messages)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenbudget: the test left recordings unplayed*",
+            "*why:  1 recorded request(s) were not sent, from interaction 1 (POST /v1/messages)*",
+        ]
+    )
     pytester.makeini("[pytest]\ntoken_budget_allow_unused = true\n")
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
@@ -165,9 +188,12 @@ def test_a_failing_test_keeps_the_previous_cassette(pytester: pytest.Pytester) -
     _project(pytester)
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     before = _cassette(pytester).read_bytes()
-    _project(pytester, SMALL_AGENT.replace("assert len(token_ledger) == 2",
-                                           "assert len(token_ledger) == 2\n    assert False, 'boom'")
-             .replace('question="Weather in Paris?"', 'question="Weather in Rome?"'))
+    _project(
+        pytester,
+        SMALL_AGENT.replace(
+            "assert len(token_ledger) == 2", "assert len(token_ledger) == 2\n    assert False, 'boom'"
+        ).replace('question="Weather in Paris?"', 'question="Weather in Rome?"'),
+    )
     pytester.runpytest("--token-budget-record=all", "-p", "no:cacheprovider").assert_outcomes(failed=1)
     assert _cassette(pytester).read_bytes() == before
     assert [p.name for p in _cassette(pytester).parent.iterdir()] == ["test_weather.yaml"]
@@ -179,8 +205,12 @@ def test_secrets_never_reach_a_cassette(pytester: pytest.Pytester, monkeypatch: 
     canary_token = "svc-token-CANARY-999888777666"
     monkeypatch.setenv("ANTHROPIC_API_KEY", canary_key)
     monkeypatch.setenv("SERVICE_TOKEN", canary_token)
-    _project(pytester, SMALL_AGENT.replace('question="Weather in Paris?"',
-                                           'question="Weather in Paris? token=" + os.environ["SERVICE_TOKEN"]'))
+    _project(
+        pytester,
+        SMALL_AGENT.replace(
+            'question="Weather in Paris?"', 'question="Weather in Paris? token=" + os.environ["SERVICE_TOKEN"]'
+        ),
+    )
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     written = [p for p in (pytester.path / "cassettes").rglob("*") if p.is_file()]
     assert len(written) == 1
@@ -198,11 +228,15 @@ def test_secrets_never_reach_a_cassette(pytester: pytest.Pytester, monkeypatch: 
 
 def test_parametrized_tests_get_one_cassette_each(pytester: pytest.Pytester) -> None:
     """Each parameter set of a test records into its own cassette."""
-    _project(pytester, SMALL_AGENT + textwrap.dedent('''
+    _project(
+        pytester,
+        SMALL_AGENT
+        + textwrap.dedent("""
         @pytest.mark.parametrize("city", ["Paris", "Rome"])
         def test_city(anthropic_emulator, city):
             ask(turns=1, question=f"Weather in {city}?")
-    '''))
+    """),
+    )
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=3)
     names = sorted(p.name for p in (pytester.path / "cassettes" / "test_weather").iterdir())
     assert names == ["test_city[Paris].yaml", "test_city[Rome].yaml", "test_weather.yaml"]
@@ -215,14 +249,17 @@ def test_cassette_dir_option_and_ini(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntoken_budget_cassette_dir = recordings/claude\n")
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert (pytester.path / "recordings/claude/test_weather/test_weather.yaml").is_file()
-    pytester.runpytest("--token-budget-record=once", "--token-budget-cassette-dir=other",
-                       "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest(
+        "--token-budget-record=once", "--token-budget-cassette-dir=other", "-p", "no:cacheprovider"
+    ).assert_outcomes(passed=1)
     assert (pytester.path / "other/test_weather/test_weather.yaml").is_file()
 
 
 def test_plain_httpx_and_other_traffic(pytester: pytest.Pytester) -> None:
     """A plain httpx client calling the Messages API is recorded; other HTTP traffic passes through."""
-    _project(pytester, textwrap.dedent('''
+    _project(
+        pytester,
+        textwrap.dedent("""
         import httpx
         from pytest_tokenbudget.emulator import Reply
 
@@ -237,7 +274,9 @@ def test_plain_httpx_and_other_traffic(pytester: pytest.Pytester) -> None:
                 other = client.get(anthropic_emulator.base_url + "/health")
                 assert other.status_code == 401
             assert [t.model for t in token_ledger.turns] == ["claude-haiku-4-5"]
-    '''), name="test_raw")
+    """),
+        name="test_raw",
+    )
     pytester.runpytest("--token-budget-record=once", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     text = (pytester.path / "cassettes/test_raw/test_raw_http.yaml").read_text()
     assert text.count("- request:") == 1

@@ -26,10 +26,18 @@ from pytest_tokenbudget.pricing import COMPONENTS, UNATTRIBUTED, Pricer, TurnCos
 NOV_2026 = datetime(2026, 11, 20, tzinfo=UTC)
 SEP_2025 = datetime(2025, 9, 30, tzinfo=UTC)
 
-WRITE_USAGE = {"input_tokens": 4, "cache_creation_input_tokens": 1163, "cache_read_input_tokens": 0,
-               "output_tokens": 187}
-READ_USAGE = {"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1163,
-              "output_tokens": 202}
+WRITE_USAGE = {
+    "input_tokens": 4,
+    "cache_creation_input_tokens": 1163,
+    "cache_read_input_tokens": 0,
+    "output_tokens": 187,
+}
+READ_USAGE = {
+    "input_tokens": 4,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 1163,
+    "output_tokens": 202,
+}
 TTL_USAGE = {
     "input_tokens": 10,
     "cache_creation_input_tokens": 3000,
@@ -40,10 +48,25 @@ TTL_USAGE = {
 }
 
 
-def make_turn(model: str, usage: Mapping[str, Any], *, endpoint: str = "messages",
-              recorded_at: float | None = None, incomplete: bool = False) -> Turn:
-    return Turn(index=0, exchange=0, endpoint=endpoint, model=model, requested_model=model, stream=False,
-                usage=usage, recorded_at=recorded_at, incomplete=incomplete)
+def make_turn(
+    model: str,
+    usage: Mapping[str, Any],
+    *,
+    endpoint: str = "messages",
+    recorded_at: float | None = None,
+    incomplete: bool = False,
+) -> Turn:
+    return Turn(
+        index=0,
+        exchange=0,
+        endpoint=endpoint,
+        model=model,
+        requested_model=model,
+        stream=False,
+        usage=usage,
+        recorded_at=recorded_at,
+        incomplete=incomplete,
+    )
 
 
 def breakdown(**amounts: str) -> dict[str, Decimal]:
@@ -53,8 +76,7 @@ def breakdown(**amounts: str) -> dict[str, Decimal]:
 
 
 def input_side(cost: TurnCost) -> Decimal:
-    return sum((cost.breakdown[k] for k in ("input", "cache_write_5m", "cache_write_1h", "cache_read")),
-               Decimal(0))
+    return sum((cost.breakdown[k] for k in ("input", "cache_write_5m", "cache_write_1h", "cache_read")), Decimal(0))
 
 
 @pytest.fixture
@@ -92,15 +114,22 @@ def test_ttl_split_and_web_search(pricer: Pricer) -> None:
     cost = pricer.price(make_turn("claude-sonnet-4-5-20250929", TTL_USAGE))
     assert cost.cost_usd == Decimal("0.04928")
     assert input_side(cost) == Decimal("0.02178")
-    assert cost.breakdown == breakdown(input="0.00003", cache_write_5m="0.00375", cache_write_1h="0.012",
-                                       cache_read="0.006", output="0.0075", web_search="0.02")
+    assert cost.breakdown == breakdown(
+        input="0.00003",
+        cache_write_5m="0.00375",
+        cache_write_1h="0.012",
+        cache_read="0.006",
+        output="0.0075",
+        web_search="0.02",
+    )
     assert cost.model_ref == "claude-sonnet-4-5"
 
 
 def test_same_result_as_genai_prices_extract_usage(pricer: Pricer) -> None:
     """Our conversion agrees with genai-prices' own Anthropic extractor on the worked example."""
-    extracted = genai_prices.extract_usage({"model": "claude-sonnet-4-5-20250929", "usage": TTL_USAGE},
-                                           provider_id="anthropic")
+    extracted = genai_prices.extract_usage(
+        {"model": "claude-sonnet-4-5-20250929", "usage": TTL_USAGE}, provider_id="anthropic"
+    )
     expected = extracted.calc_price(genai_request_timestamp=NOV_2026).total_price
     assert pricer.price_usage("claude-sonnet-4-5-20250929", TTL_USAGE).cost_usd == expected
 
@@ -138,8 +167,9 @@ def test_batch_on_a_model_without_batch_prices_says_so(pricer: Pricer) -> None:
     """Retired models have no genai-prices batch variant: standard price, noted."""
     cost = pricer.price_usage("claude-3-5-sonnet-20240620", WRITE_USAGE, batch=True)
     assert cost.cost_usd == Decimal("0.00717825")
-    assert cost.notes == ("batch: genai-prices has no batch price for claude-3-5-sonnet; "
-                          "priced at standard rates (UNSURE)",)
+    assert cost.notes == (
+        "batch: genai-prices has no batch price for claude-3-5-sonnet; priced at standard rates (UNSURE)",
+    )
 
 
 def test_fast_mode(pricer: Pricer) -> None:
@@ -157,8 +187,9 @@ def test_fast_mode_without_fast_price_is_unsure(pricer: Pricer) -> None:
     """Opus 4.6 has no fast price in genai-prices: standard price and an UNSURE note."""
     cost = pricer.price_usage("claude-opus-4-6", {"input_tokens": 1000, "output_tokens": 100, "speed": "fast"})
     assert cost.cost_usd == Decimal("0.0075")
-    assert cost.notes == ("fast mode: genai-prices has no fast mode price for claude-opus-4-6; "
-                          "priced at standard rates (UNSURE)",)
+    assert cost.notes == (
+        "fast mode: genai-prices has no fast mode price for claude-opus-4-6; priced at standard rates (UNSURE)",
+    )
 
 
 def test_priority_tier_is_standard_and_unsure(pricer: Pricer) -> None:
@@ -170,14 +201,17 @@ def test_priority_tier_is_standard_and_unsure(pricer: Pricer) -> None:
 
 def test_inference_geo_us_on_a_4_6_model(pricer: Pricer) -> None:
     """inference_geo "us" adds 10% to every token component of Opus 4.6, not to web search."""
-    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 1000, "output_tokens": 100,
-             "server_tool_use": {"web_search_requests": 1}}
+    usage = {
+        "input_tokens": 1000,
+        "cache_creation_input_tokens": 1000,
+        "output_tokens": 100,
+        "server_tool_use": {"web_search_requests": 1},
+    }
     plain = pricer.price_usage("claude-opus-4-6", usage)
     assert plain.cost_usd == Decimal("0.02375")
     cost = pricer.price_usage("claude-opus-4-6", {**usage, "inference_geo": "us"})
     assert cost.cost_usd == Decimal("0.025125")
-    assert cost.breakdown == breakdown(input="0.0055", cache_write_5m="0.006875", output="0.00275",
-                                       web_search="0.01")
+    assert cost.breakdown == breakdown(input="0.0055", cache_write_5m="0.006875", output="0.00275", web_search="0.01")
     assert cost.notes == ("inference_geo us: x1.1 on token prices",)
 
 
@@ -201,19 +235,26 @@ def test_long_context_cliff(pricer: Pricer) -> None:
 
 def test_web_search_without_a_rate_is_noted(pricer: Pricer) -> None:
     """genai-prices has no search rate for Claude 3 Haiku: searches cost $0 there, and a note says so."""
-    cost = pricer.price_usage("claude-3-haiku-20240307", {"input_tokens": 1000, "output_tokens": 100,
-                                                          "server_tool_use": {"web_search_requests": 3}})
+    cost = pricer.price_usage(
+        "claude-3-haiku-20240307",
+        {"input_tokens": 1000, "output_tokens": 100, "server_tool_use": {"web_search_requests": 3}},
+    )
     assert cost.cost_usd == Decimal("0.000375")
     assert cost.breakdown["web_search"] == Decimal(0)
-    assert cost.notes == ("web search: genai-prices has no web search price for claude-3-haiku; "
-                          "3 searches priced $0 (UNSURE)",)
+    assert cost.notes == (
+        "web search: genai-prices has no web search price for claude-3-haiku; 3 searches priced $0 (UNSURE)",
+    )
 
 
 def test_cache_creation_excess_is_5m_writes(pricer: Pricer) -> None:
     """A stream's final cache total above its breakdown counts the excess as 5-minute writes."""
-    usage = {"input_tokens": 2081, "cache_creation_input_tokens": 7621, "cache_read_input_tokens": 28247,
-             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
-             "output_tokens": 100}
+    usage = {
+        "input_tokens": 2081,
+        "cache_creation_input_tokens": 7621,
+        "cache_read_input_tokens": 28247,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 100,
+    }
     cost = pricer.price_usage("claude-sonnet-4-5-20250929", usage)
     assert cost.breakdown["cache_write_5m"] == Decimal("0.02857875")  # 7621 x $3.75 / 1e6
     assert cost.breakdown["cache_write_1h"] == Decimal(0)
@@ -221,9 +262,14 @@ def test_cache_creation_excess_is_5m_writes(pricer: Pricer) -> None:
 
 def test_unpriced_iterations_and_incomplete_stream_are_noted(pricer: Pricer) -> None:
     """Compaction iterations are not priced, and the notes say so; so is a stream cut by an error."""
-    usage = {"input_tokens": 10, "output_tokens": 5,
-             "iterations": [{"type": "compaction", "input_tokens": 100, "output_tokens": 50},
-                            {"type": "message", "input_tokens": 10, "output_tokens": 5}]}
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "iterations": [
+            {"type": "compaction", "input_tokens": 100, "output_tokens": 50},
+            {"type": "message", "input_tokens": 10, "output_tokens": 5},
+        ],
+    }
     cost = pricer.price(make_turn("claude-opus-4-6", usage, incomplete=True))
     assert cost.cost_usd == Decimal("0.000175")
     assert cost.notes == (
@@ -251,9 +297,11 @@ def test_unknown_model_names_model_test_and_fix(pricer: Pricer) -> None:
     assert "  test: tests/test_agent.py::test_refund\n" in message
     assert "genai-prices 0.2.3 has no price for 'claude-mythos-5'" in message
     assert "    claude-mythos-5:\n" in message
-    assert ("fix:  add 'claude-mythos-5' to a price override file, e.g. tokenbudget-prices.yaml (format above), "
-            "and pass it: pytest --token-budget-prices tokenbudget-prices.yaml, or set token_budget_prices = "
-            "tokenbudget-prices.yaml in your ini") in message
+    assert (
+        "fix:  add 'claude-mythos-5' to a price override file, e.g. tokenbudget-prices.yaml (format above), "
+        "and pass it: pytest --token-budget-prices tokenbudget-prices.yaml, or set token_budget_prices = "
+        "tokenbudget-prices.yaml in your ini"
+    ) in message
 
 
 def test_unknown_model_names_the_override_files_in_use(tmp_path: Path) -> None:
@@ -298,12 +346,15 @@ def override_file(tmp_path: Path) -> Path:
 def test_override_replaces_genai_price(override_file: Path) -> None:
     """An override keyed by the genai-prices entry prices its dated ids; cache writes default to 1.25x."""
     pricer = Pricer(override_files=[override_file], now=NOV_2026)
-    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 10000,
-             "output_tokens": 100}
+    usage = {
+        "input_tokens": 1000,
+        "cache_creation_input_tokens": 1000,
+        "cache_read_input_tokens": 10000,
+        "output_tokens": 100,
+    }
     cost = pricer.price(make_turn("claude-sonnet-4-5-20250929", usage))
     assert cost.cost_usd == Decimal("0.009")
-    assert cost.breakdown == breakdown(input="0.0024", cache_write_5m="0.003", cache_read="0.0024",
-                                       output="0.0012")
+    assert cost.breakdown == breakdown(input="0.0024", cache_write_5m="0.003", cache_read="0.0024", output="0.0012")
     assert cost.model_ref == "claude-sonnet-4-5"
     assert cost.source == str(override_file)
     assert cost.notes == (
@@ -317,9 +368,13 @@ def test_override_replaces_genai_price(override_file: Path) -> None:
 def test_override_adds_a_model_by_prefix(override_file: Path) -> None:
     """A `*` key prices every id it prefixes; its own 1h, search, fast and geo rates apply."""
     pricer = Pricer(override_files=[override_file], now=NOV_2026)
-    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 1000,
-             "cache_creation": {"ephemeral_1h_input_tokens": 1000}, "output_tokens": 1000,
-             "server_tool_use": {"web_search_requests": 5}}
+    usage = {
+        "input_tokens": 1000,
+        "cache_creation_input_tokens": 1000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 1000},
+        "output_tokens": 1000,
+        "server_tool_use": {"web_search_requests": 5},
+    }
     cost = pricer.price_usage("my-private-model-v2", usage)
     assert cost.cost_usd == Decimal("0.0485")  # 0.001 + 0.0025 + 0.005 + 5 x 0.008
     assert cost.model_ref == "my-private-model*"
@@ -356,9 +411,11 @@ def test_load_price_file_parses_decimals(override_file: Path) -> None:
     assert parsed.version == 1
     sonnet, prefix, _ = parsed.models
     assert (sonnet.input_mtok, sonnet.cache_read_mtok, sonnet.cache_write_1h_mtok) == (
-        Decimal("2.4"), Decimal("0.24"), Decimal("4.8"))
-    assert sonnet.defaulted == {"cache_write_5m_mtok", "cache_write_1h_mtok", "web_search_per_1000",
-                                "batch_multiplier"}
+        Decimal("2.4"),
+        Decimal("0.24"),
+        Decimal("4.8"),
+    )
+    assert sonnet.defaulted == {"cache_write_5m_mtok", "cache_write_1h_mtok", "web_search_per_1000", "batch_multiplier"}
     assert prefix.inference_geo_multipliers == {"us": Decimal("1.2")}
     assert prefix.line == 8
 
@@ -373,12 +430,15 @@ def price_file_error(tmp_path: Path, text: str) -> str:
 
 def test_typo_key_names_file_line_path_and_suggestion(tmp_path: Path) -> None:
     """A misspelt key is reported with its file, line, JSON path and the nearest accepted key."""
-    message = price_file_error(tmp_path, "models:\n  my-model:\n    input_mtok: 1\n    output_mtok: 2\n"
-                                         "    cache_reed_mtok: 0.1\n")
+    message = price_file_error(
+        tmp_path, "models:\n  my-model:\n    input_mtok: 1\n    output_mtok: 2\n    cache_reed_mtok: 0.1\n"
+    )
     assert message.splitlines()[0] == "tokenbudget: price file is invalid (1 problem)"
     assert f"  file: {tmp_path / 'tokenbudget-prices.yaml'}, line 5" in message
-    assert ("""models["my-model"].cache_reed_mtok: unknown key 'cache_reed_mtok' """
-            """(did you mean 'cache_read_mtok'?)""") in message
+    assert (
+        """models["my-model"].cache_reed_mtok: unknown key 'cache_reed_mtok' """
+        """(did you mean 'cache_read_mtok'?)"""
+    ) in message
 
 
 def test_several_problems_are_all_listed(tmp_path: Path) -> None:
@@ -405,8 +465,9 @@ def test_missing_required_price(tmp_path: Path) -> None:
 
 def test_repeated_key_is_refused(tmp_path: Path) -> None:
     """PyYAML would keep the last of two equal keys; we refuse it."""
-    message = price_file_error(tmp_path, "models:\n  m:\n    input_mtok: 1\n    output_mtok: 2\n"
-                                         "  m:\n    input_mtok: 3\n    output_mtok: 4\n")
+    message = price_file_error(
+        tmp_path, "models:\n  m:\n    input_mtok: 1\n    output_mtok: 2\n  m:\n    input_mtok: 3\n    output_mtok: 4\n"
+    )
     assert ", line 5" in message
     assert "models.m: repeated key (first on line 2)" in message
 
@@ -418,11 +479,20 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     assert ", line 3" in message
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", "price file is empty"),
-    ("models:\n  m:\n    input_mtok: .inf\n    output_mtok: 1\n", "models.m.input_mtok: inf is not a finite number"),
-    ("models:\n  a*b:\n    input_mtok: 1\n    output_mtok: 1\n", "models[\"a*b\"]: bad key 'a*b' (a model id, optionally ending in one '*')"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "price file is empty"),
+        (
+            "models:\n  m:\n    input_mtok: .inf\n    output_mtok: 1\n",
+            "models.m.input_mtok: inf is not a finite number",
+        ),
+        (
+            "models:\n  a*b:\n    input_mtok: 1\n    output_mtok: 1\n",
+            "models[\"a*b\"]: bad key 'a*b' (a model id, optionally ending in one '*')",
+        ),
+    ],
+)
 def test_other_invalid_files(tmp_path: Path, text: str, expected: str) -> None:
     """Empty files, infinite prices and a `*` inside a key are refused."""
     assert expected in price_file_error(tmp_path, text)
@@ -467,8 +537,7 @@ def test_policy_recorded_uses_the_turn_time() -> None:
     cost = pricer.price(make_turn("claude-sonnet-4-6", SONNET_4_6_LONG, recorded_at=JAN_2026.timestamp()))
     assert cost.cost_usd == Decimal("1.5")
     assert cost.notes[0].startswith("long context tier above 200,000 input tokens")
-    batch = pricer.price(make_turn("claude-sonnet-4-5", TTL_USAGE, endpoint="batch",
-                                   recorded_at=SEP_2025.timestamp()))
+    batch = pricer.price(make_turn("claude-sonnet-4-5", TTL_USAGE, endpoint="batch", recorded_at=SEP_2025.timestamp()))
     assert batch.cost_usd == Decimal("0.04928")
     assert pricer.source.priced_at is None
 
@@ -507,8 +576,10 @@ def usage_of(counts: Mapping[str, int]) -> dict[str, Any]:
     return {
         "input_tokens": counts["uncached"],
         "cache_creation_input_tokens": counts["write_5m"] + counts["write_1h"],
-        "cache_creation": {"ephemeral_5m_input_tokens": counts["write_5m"],
-                           "ephemeral_1h_input_tokens": counts["write_1h"]},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": counts["write_5m"],
+            "ephemeral_1h_input_tokens": counts["write_1h"],
+        },
         "cache_read_input_tokens": counts["read"],
         "output_tokens": counts["output"],
         "server_tool_use": {"web_search_requests": counts["searches"]},
@@ -517,15 +588,17 @@ def usage_of(counts: Mapping[str, int]) -> dict[str, Any]:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    model=st.sampled_from(["claude-sonnet-4-5", "claude-haiku-5-5", "claude-opus-4-8", "claude-3-haiku",
-                           "claude-2", "claude-fable-5-2"]),
+    model=st.sampled_from(
+        ["claude-sonnet-4-5", "claude-haiku-5-5", "claude-opus-4-8", "claude-3-haiku", "claude-2", "claude-fable-5-2"]
+    ),
     counts=st.fixed_dictionaries({name: COUNT for name in FIELDS[:-1]} | {"searches": st.integers(0, 50)}),
     bump=st.sampled_from(FIELDS),
     delta=st.integers(min_value=1, max_value=250_000),
     batch=st.booleans(),
 )
-def test_breakdown_sums_and_cost_is_monotone(model: str, counts: dict[str, int], bump: str, delta: int,
-                                             batch: bool) -> None:
+def test_breakdown_sums_and_cost_is_monotone(
+    model: str, counts: dict[str, int], bump: str, delta: int, batch: bool
+) -> None:
     """Components sum exactly to the cost, equal genai-prices' own total, and grow with every count."""
     pricer = Pricer(now=NOV_2026)
     cost = pricer.price_usage(model, usage_of(counts), batch=batch)

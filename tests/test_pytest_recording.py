@@ -9,7 +9,7 @@ from conftest import NETWORK_GUARD
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
-AGENT = textwrap.dedent('''
+AGENT = textwrap.dedent("""
     import anthropic
     import pytest
     from pytest_tokenbudget.emulator import Reply
@@ -34,7 +34,7 @@ AGENT = textwrap.dedent('''
         anthropic_emulator.script(Reply.text("hello there"))
         ask()
         assert [t.output_tokens for t in token_ledger] == [3]
-''')
+""")
 
 
 def test_both_plugins_register_their_own_options(pytester: pytest.Pytester) -> None:
@@ -65,7 +65,8 @@ def test_token_budget_record_wins_over_record_mode(pytester: pytest.Pytester) ->
     """``--token-budget-record`` takes precedence over ``--record-mode``."""
     pytester.makeconftest(NETWORK_GUARD)
     pytester.makepyfile(test_pair=AGENT)
-    result = pytester.runpytest("--record-mode=once", "--token-budget-record=none", "-p", "no:cacheprovider",
-                                "-k", "test_ours")
+    result = pytester.runpytest(
+        "--record-mode=once", "--token-budget-record=none", "-p", "no:cacheprovider", "-k", "test_ours"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*tokenbudget: no recording for a request*"])

@@ -14,8 +14,9 @@ def _record(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--token-budget-record=once", "-p", "no:cacheprovider", *args)
 
 
-def test_record_then_replay_offline_gives_identical_ledgers(pytester: pytest.Pytester,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_record_then_replay_offline_gives_identical_ledgers(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 5-turn tool-using agent recorded through the emulator replays offline with the same ledger."""
     write_agent_project(pytester)
     monkeypatch.setenv("LEDGER_OUT", str(pytester.path / "recorded.json"))
@@ -35,12 +36,20 @@ def test_record_then_replay_offline_gives_identical_ledgers(pytester: pytest.Pyt
     assert replayed["emulator_requests"] == 0
     assert recorded["emulator_requests"] == 10
     assert [(t["endpoint"], t["stream"]) for t in recorded["turns"]] == [
-        ("messages", False), ("messages", True), ("messages", False), ("messages", True),
-        ("messages", False), ("batch", False),
+        ("messages", False),
+        ("messages", True),
+        ("messages", False),
+        ("messages", True),
+        ("messages", False),
+        ("batch", False),
     ]
     usage = [
-        (t["usage"]["input_tokens"], t["usage"]["cache_creation_input_tokens"], t["usage"]["cache_read_input_tokens"],
-         t["usage"]["output_tokens"])
+        (
+            t["usage"]["input_tokens"],
+            t["usage"]["cache_creation_input_tokens"],
+            t["usage"]["cache_read_input_tokens"],
+            t["usage"]["output_tokens"],
+        )
         for t in recorded["turns"]
     ]
     assert usage == EXPECTED_USAGE

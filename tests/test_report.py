@@ -57,8 +57,9 @@ def _check_every_number(document: dict[str, Any]) -> Decimal:
     """Assert each turn's cost, breakdown and each test's totals; return the grand total."""
     grand = Decimal(0)
     for test in document["tests"]:
-        totals = {k: 0 for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                                 "output_tokens")}
+        totals = {
+            k: 0 for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+        }
         test_cost = Decimal(0)
         for turn in test["turns"]:
             expected = _hand_price(turn["model"], turn["usage"], turn["endpoint"] == "batch")
@@ -71,8 +72,7 @@ def _check_every_number(document: dict[str, Any]) -> Decimal:
         for key, value in totals.items():
             assert test["totals"][key] == value
         assert Decimal(str(test["totals"]["cost_usd"])) == test_cost
-        total_input = sum(totals[k] for k in ("input_tokens", "cache_creation_input_tokens",
-                                              "cache_read_input_tokens"))
+        total_input = sum(totals[k] for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
         assert test["totals"]["cache_hit_rate"] == round(totals["cache_read_input_tokens"] / total_input, 6)
         grand += test_cost
     assert Decimal(str(document["totals"]["cost_usd"])) == grand
@@ -92,19 +92,22 @@ def test_json_report_matches_hand_computed_prices(pytester: pytest.Pytester) -> 
         "test_support_agent.py::test_nightly_summaries",
     ]
     assert [(t["model"], t["endpoint"], t["stream"]) for t in document["tests"][0]["turns"]] == [
-        ("claude-opus-5", "messages", False)] + [("claude-haiku-4-5", "messages", False)] * 3
+        ("claude-opus-5", "messages", False)
+    ] + [("claude-haiku-4-5", "messages", False)] * 3
     assert [t["endpoint"] for t in document["tests"][2]["turns"]] == ["batch"] * 3
     assert document["tests"][1]["turns"][0]["stream"] is True
     assert _check_every_number(document) == Decimal("0.04496260")
     assert document["price_source"]["library"] == "genai-prices"
     assert document["errors"] == []
-    result.stdout.fnmatch_lines([
-        "*= token budget =*",
-        "test * turns  input  cache write  cache read  output  hit rate   cost USD",
-        "test_support_agent.py::test_refund_ticket * 4     33       10,067      10,191      68     50.2%  $0.038733",
-        "total * 8    135       14,912      10,191      99     40.4%  $0.044963",
-        "prices: genai-prices *, today's prices (*)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= token budget =*",
+            "test * turns  input  cache write  cache read  output  hit rate   cost USD",
+            "test_support_agent.py::test_refund_ticket * 4     33       10,067      10,191      68     50.2%  $0.038733",
+            "total * 8    135       14,912      10,191      99     40.4%  $0.044963",
+            "prices: genai-prices *, today's prices (*)",
+        ]
+    )
 
 
 def test_cli_gives_the_same_json(pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,8 +135,9 @@ def test_xdist_gives_the_same_totals(pytester: pytest.Pytester) -> None:
     """Under ``-n 2`` one report comes out, with the totals of a serial run."""
     _example_project(pytester)
     pytester.runpytest("--token-budget-json=serial.json", "-p", "no:cacheprovider").assert_outcomes(passed=3)
-    parallel = pytester.runpytest_subprocess("-n", "2", "--token-budget", "--token-budget-json=parallel.json",
-                                             "-p", "no:cacheprovider")
+    parallel = pytester.runpytest_subprocess(
+        "-n", "2", "--token-budget", "--token-budget-json=parallel.json", "-p", "no:cacheprovider"
+    )
     parallel.assert_outcomes(passed=3)
     assert parallel.stdout.str().count("= token budget =") == 1
     serial_doc, parallel_doc = read_json(pytester.path / "serial.json"), read_json(pytester.path / "parallel.json")
@@ -151,15 +155,20 @@ def test_verbose_adds_per_turn_tables_and_markdown_goes_to_the_job_summary(
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = pytester.runpytest("-v", "--token-budget", "--token-budget-md=report.md", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([
-        "test_support_agent.py::test_refund_ticket  (cassettes/test_support_agent/test_refund_ticket.yaml)",
-        "  turn  model             endpoint  cache  input  cache write  cache read  output   cost USD",
-        "  0     claude-opus-5     messages  write     33        4,845           0      20  $0.030946",
-        "  1     claude-haiku-4-5  messages  write      0        5,041           0      15  $0.006376",
-        "  2     claude-haiku-4-5  messages  hit        0          109       5,041      15  $0.000715",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_support_agent.py::test_refund_ticket  (cassettes/test_support_agent/test_refund_ticket.yaml)",
+            "  turn  model             endpoint  cache  input  cache write  cache read  output   cost USD",
+            "  0     claude-opus-5     messages  write     33        4,845           0      20  $0.030946",
+            "  1     claude-haiku-4-5  messages  write      0        5,041           0      15  $0.006376",
+            "  2     claude-haiku-4-5  messages  hit        0          109       5,041      15  $0.000715",
+        ]
+    )
     markdown = (pytester.path / "report.md").read_text()
-    assert "| `test_support_agent.py::test_refund_ticket` | 4 | 33 | 10,067 | 10,191 | 68 | 50.2% | $0.038733 |" in markdown
+    assert (
+        "| `test_support_agent.py::test_refund_ticket` | 4 | 33 | 10,067 | 10,191 | 68 | 50.2% | $0.038733 |"
+        in markdown
+    )
     assert summary.read_text() == "earlier step\n" + markdown
 
 
@@ -200,8 +209,9 @@ def test_price_override_file(pytester: pytest.Pytester) -> None:
     """A price file overrides a model's rates; a typo in it is a usage error naming the key and line."""
     _example_project(pytester)
     (pytester.path / "prices.yaml").write_text("models:\n  claude-opus-5:\n    input_mtok: 1\n    output_mtok: 1\n")
-    result = pytester.runpytest("--token-budget", "--token-budget-json=r.json", "--token-budget-prices=prices.yaml",
-                                "-p", "no:cacheprovider")
+    result = pytester.runpytest(
+        "--token-budget", "--token-budget-json=r.json", "--token-budget-prices=prices.yaml", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(passed=3)
     document = read_json(pytester.path / "r.json")
     plan = document["tests"][0]["turns"][0]

@@ -69,9 +69,7 @@ class Reply:
         return cls(content=tuple(blocks), stop_reason=stop_reason)
 
     @classmethod
-    def tool_use(
-        cls, name: str, input: Mapping[str, Any], *, text: str | None = None, id: str | None = None
-    ) -> Reply:
+    def tool_use(cls, name: str, input: Mapping[str, Any], *, text: str | None = None, id: str | None = None) -> Reply:
         """A tool call (``stop_reason: tool_use``), optionally preceded by text."""
         blocks: list[Mapping[str, Any]] = []
         if text:

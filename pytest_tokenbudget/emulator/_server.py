@@ -131,7 +131,9 @@ class AnthropicEmulator:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="anthropic-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="anthropic-emulator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -243,8 +245,11 @@ class AnthropicEmulator:
                 batch = self._batch(batch_id)
                 self._batch_process(batch)
                 if batch["results"] is None:
-                    raise _ApiError(400, "invalid_request_error",
-                                    f"batch {batch_id} is still processing: cancel it first, then delete it")
+                    raise _ApiError(
+                        400,
+                        "invalid_request_error",
+                        f"batch {batch_id} is still processing: cancel it first, then delete it",
+                    )
                 del self._batches[batch_id]
                 return self._json({"id": batch_id, "type": "message_batch_deleted"})
         raise _ApiError(404, "not_found_error", f"Not found: {method} {path}", {"x-should-retry": "false"})
@@ -338,8 +343,9 @@ class AnthropicEmulator:
             raise _reply_error(reply)
         if not stream:
             return self._json(message)
-        return _Response(200, b"".join(_sse(message, reply)), "text/event-stream; charset=utf-8",
-                         {"cache-control": "no-cache"})
+        return _Response(
+            200, b"".join(_sse(message, reply)), "text/event-stream; charset=utf-8", {"cache-control": "no-cache"}
+        )
 
     def _count_tokens(self, body: Mapping[str, Any]) -> _Response:
         _layout, cumulative = self._prepare(body, count_only=True)
@@ -361,7 +367,9 @@ class AnthropicEmulator:
         for i, item in enumerate(requests):
             custom_id = item.get("custom_id") if isinstance(item, dict) else None
             if not isinstance(custom_id, str) or not _CUSTOM_ID.match(custom_id):
-                raise _ApiError(400, "invalid_request_error", f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$")
+                raise _ApiError(
+                    400, "invalid_request_error", f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$"
+                )
             if custom_id in seen:
                 raise _ApiError(400, "invalid_request_error", f"requests.{i}.custom_id: duplicate {custom_id!r}")
             seen.add(custom_id)
@@ -370,9 +378,13 @@ class AnthropicEmulator:
                 raise _ApiError(400, "invalid_request_error", f"requests.{i}.params: Field required")
             for refused in ("stream", "speed"):
                 if params.get(refused):
-                    raise _ApiError(400, "invalid_request_error", f"requests.{i}.params.{refused}: not supported in batches")
+                    raise _ApiError(
+                        400, "invalid_request_error", f"requests.{i}.params.{refused}: not supported in batches"
+                    )
             if params.get("max_tokens") == 0:
-                raise _ApiError(400, "invalid_request_error", f"requests.{i}.params.max_tokens: 0 is not supported in batches")
+                raise _ApiError(
+                    400, "invalid_request_error", f"requests.{i}.params.max_tokens: 0 is not supported in batches"
+                )
         now = self.clock.now()
         batch_id = self._new_id("msgbatch", _dumps(body))
         self._batches[batch_id] = {
@@ -399,13 +411,21 @@ class AnthropicEmulator:
             try:
                 reply, message = self._create_message(item["params"], {}, service_tier="batch")
             except _ApiError as error:
-                results.append({"custom_id": item["custom_id"],
-                                "result": {"type": "errored", "error": _error_body(error.kind, error.message)}})
+                results.append(
+                    {
+                        "custom_id": item["custom_id"],
+                        "result": {"type": "errored", "error": _error_body(error.kind, error.message)},
+                    }
+                )
                 continue
             if message is None:
                 failure = _reply_error(reply)
-                results.append({"custom_id": item["custom_id"],
-                                "result": {"type": "errored", "error": _error_body(failure.kind, failure.message)}})
+                results.append(
+                    {
+                        "custom_id": item["custom_id"],
+                        "result": {"type": "errored", "error": _error_body(failure.kind, failure.message)},
+                    }
+                )
             else:
                 results.append({"custom_id": item["custom_id"], "result": {"type": "succeeded", "message": message}})
         batch["results"] = results
@@ -451,12 +471,14 @@ class AnthropicEmulator:
         if after in self._batches:
             ids = ids[ids.index(after) + 1 :]
         page = [self._batch_view(i) for i in ids[:limit]]
-        return self._json({
-            "data": page,
-            "has_more": len(ids) > limit,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-        })
+        return self._json(
+            {
+                "data": page,
+                "has_more": len(ids) > limit,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+            }
+        )
 
     def _batch_cancel(self, batch_id: str) -> _Response:
         batch = self._batch(batch_id)
@@ -542,29 +564,59 @@ def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
             break
         kind = block.get("type")
         if kind == "text":
-            yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                 "content_block": {"type": "text", "text": ""}})
+            yield _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+            )
             if index == 0:
                 yield b'event: ping\ndata: {"type": "ping"}\n\n'
             for piece in _chunks(str(block.get("text", ""))):
-                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                     "delta": {"type": "text_delta", "text": piece}})
+                yield _event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}},
+                )
         elif kind == "thinking":
-            yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                 "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+            yield _event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                },
+            )
             for piece in _chunks(str(block.get("thinking", ""))):
-                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                     "delta": {"type": "thinking_delta", "thinking": piece}})
-            yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                 "delta": {"type": "signature_delta", "signature": block.get("signature", "")}})
+                yield _event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": piece},
+                    },
+                )
+            yield _event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "signature_delta", "signature": block.get("signature", "")},
+                },
+            )
         elif kind in ("tool_use", "server_tool_use"):
             head = {k: v for k, v in block.items() if k != "input"}
-            yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                 "content_block": {**head, "input": {}}})
+            yield _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": {**head, "input": {}}},
+            )
             partial = json.dumps(block.get("input", {}), separators=(",", ":"), ensure_ascii=False)
             for piece in ["", *_chunks(partial)]:
-                yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                     "delta": {"type": "input_json_delta", "partial_json": piece}})
+                yield _event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
         else:
             yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
@@ -573,13 +625,24 @@ def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
         return
     delta_usage = {
         k: usage[k]
-        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
-                  "server_tool_use", "output_tokens_details")
+        for k in (
+            "input_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "output_tokens",
+            "server_tool_use",
+            "output_tokens_details",
+        )
         if k in usage
     }
-    yield _event("message_delta", {"type": "message_delta",
-                                   "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                   "usage": delta_usage})
+    yield _event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": delta_usage,
+        },
+    )
     yield _event("message_stop", {"type": "message_stop"})
 
 
