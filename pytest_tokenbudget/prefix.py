@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -252,24 +252,35 @@ def _is_empty_text(block: Any) -> bool:
 class LayoutMemo:
     """Work shared by the layouts of one run's requests.
 
-    Turn k+1 of an agent re-sends turn k's blocks, often as the very same objects (replayed
-    cassettes share them). The memo keeps each block's canonical form, keyed by the identity of
-    the object it came from, and, per model, the hash states of the last layout, so a layout
-    costs what is new in it rather than the whole transcript again.
+    Turn k+1 of an agent re-sends turn k's blocks. When they are the very same objects (a
+    replayed cassette shares them) the memo finds a block's canonical form by identity; when
+    they are equal copies (a request parsed afresh: recording, the emulator) it finds it by the
+    block's JSON text, which costs one C-speed ``json.dumps`` instead of the canonicalisation.
+    Per model it also keeps the hash states of the last layout, so the fingerprint chain resumes
+    where the shared prefix ends: a layout costs what is new in it, not the whole transcript.
     """
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[Any, ...], tuple[Any, Block, bytes, int]] = {}
+        self._content: dict[tuple[Any, ...], tuple[Block, bytes, int]] = {}
         self._last: dict[str, tuple[list[bytes], list[Any], list[str], list[int]]] = {}
 
     def block(self, key: tuple[Any, ...], anchor: Any, build: Any) -> tuple[Block, bytes, int]:
         hit = self._blocks.get(key)
-        if hit is None or hit[0] is not anchor:
-            block, chunk, images = build()
-            # The anchor is kept alive with the entry, so its id cannot be reused.
-            self._blocks[key] = (anchor, block, chunk, images)
-            return block, chunk, images
-        return hit[1], hit[2], hit[3]
+        if hit is not None and hit[0] is anchor:
+            return hit[1], hit[2], hit[3]
+        index, path, role, explicit = key[1:]
+        content_key = (role, explicit, path.split("[", 1)[0], _dumps(anchor))
+        known = self._content.get(content_key)
+        if known is not None:
+            block = replace(known[0], index=index, path=path, source=known[0].source)
+            made = (block, known[1], known[2])
+        else:
+            made = build()
+            self._content[content_key] = made
+        # The anchor is kept alive with the entry, so its id cannot be reused.
+        self._blocks[key] = (anchor, *made)
+        return made
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..cache_model import CacheStore, diagnose, simulate
-from ..prefix import PromptLayout, layout_of
+from ..prefix import LayoutMemo, PromptLayout, layout_of
 from ._replies import Clock, Reply
 from ._tokens import cumulative_tokens, output_tokens
 
@@ -112,6 +112,7 @@ class AnthropicEmulator:
         self.requests: list[EmulatedRequest] = []
         self._replies: deque[Reply] = deque()
         self._messages: dict[str, tuple[PromptLayout, list[int]]] = {}
+        self._layouts = LayoutMemo()  # an agent re-sends its transcript: canonicalise each block once
         self._batches: dict[str, dict[str, Any]] = {}
         self._counter = 0
         self._lock = threading.RLock()
@@ -181,6 +182,7 @@ class AnthropicEmulator:
             self.requests.clear()
             self._messages.clear()
             self._batches.clear()
+            self._layouts = LayoutMemo()
             self._counter = 0
 
     # ---------------------------------------------------------------- dispatch
@@ -194,9 +196,12 @@ class AnthropicEmulator:
                 return reply
         return Reply.text("OK")
 
-    def _new_id(self, prefix: str, seed: bytes) -> str:
+    def _new_id(self, prefix: str) -> str:
+        # From a counter only: the same sequence of requests gets the same ids, and an edited
+        # prompt does not change the ids (and with them the tool_use ids every later turn
+        # re-sends), so re-recording after a prompt edit gives a small cassette diff.
         self._counter += 1
-        digest = hashlib.sha256(f"{self._counter}:".encode() + seed).hexdigest()[:24]
+        digest = hashlib.sha256(f"{prefix}:{self._counter}".encode()).hexdigest()[:24]
         return f"{prefix}_emu{digest}"
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], raw: bytes) -> _Response:
@@ -264,7 +269,7 @@ class AnthropicEmulator:
             raise _ApiError(400, "invalid_request_error", "messages: at least one message is required")
         if not count_only and (not isinstance(body["max_tokens"], int) or body["max_tokens"] < 0):
             raise _ApiError(400, "invalid_request_error", "max_tokens: must be a non-negative integer")
-        layout = layout_of(body)
+        layout = layout_of(body, self._layouts)
         if layout.problems:
             raise _ApiError(400, "invalid_request_error", layout.problems[0])
         return layout, cumulative_tokens(layout)
@@ -283,7 +288,7 @@ class AnthropicEmulator:
         outcome = simulate(layout, cumulative, self.cache, now)
         prewarm = body.get("max_tokens") == 0
         content = [] if prewarm else self._content(reply)
-        message_id = self._new_id("msg", _dumps(body))
+        message_id = self._new_id("msg")
         for i, block in enumerate(content):
             if block.get("type") in ("tool_use", "server_tool_use") and "id" not in block:
                 block["id"] = "toolu_emu" + hashlib.sha256(f"{message_id}:{i}".encode()).hexdigest()[:24]
@@ -386,7 +391,7 @@ class AnthropicEmulator:
                     400, "invalid_request_error", f"requests.{i}.params.max_tokens: 0 is not supported in batches"
                 )
         now = self.clock.now()
-        batch_id = self._new_id("msgbatch", _dumps(body))
+        batch_id = self._new_id("msgbatch")
         self._batches[batch_id] = {
             "id": batch_id,
             "created_at": now,
@@ -501,7 +506,7 @@ class AnthropicEmulator:
         return _Response(status, _dumps(payload))
 
     def _error(self, error: _ApiError) -> _Response:
-        request_id = self._new_id("req", error.message.encode())
+        request_id = self._new_id("req")
         body = _dumps({**_error_body(error.kind, error.message), "request_id": request_id})
         return _Response(error.status, body, headers=dict(error.headers), request_id=request_id)
 
@@ -649,6 +654,9 @@ def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
 class _Handler(BaseHTTPRequestHandler):
     owner: AnthropicEmulator
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
+    # client's delayed ACK (~40 ms a response).
+    disable_nagle_algorithm = True
     server_version = "anthropic-emulator"
     sys_version = ""
 
