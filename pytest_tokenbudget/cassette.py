@@ -713,34 +713,47 @@ def apply_ops(base: Any, ops: Iterable[Mapping[str, Any]]) -> Any:
     return root
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Deep equality that also compares key order and int/float/bool types."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(
-            ka == kb and _same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
-        )
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+class _Same:
+    """Equality that also compares key order and int/float/bool types: equal JSON text.
+
+    Each container's text is computed once per comparison session (C-speed ``json.dumps``),
+    which keeps diffing two long transcripts fast.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[Any, str]] = {}
+
+    def _text(self, value: Any) -> str:
+        if not isinstance(value, dict | list):
+            return json.dumps(value, ensure_ascii=False)
+        hit = self._memo.get(id(value))
+        if hit is None:
+            hit = (value, json.dumps(value, ensure_ascii=False))
+            self._memo[id(value)] = hit
+        return hit[1]
+
+    def __call__(self, a: Any, b: Any) -> bool:
+        return a is b or (type(a) is type(b) and self._text(a) == self._text(b))
 
 
 _MAX_EDITS = 3
 
 
-def diff_ops(base: Any, new: Any, parts: list[str | int] | None = None) -> list[dict[str, Any]]:
+def diff_ops(
+    base: Any, new: Any, parts: list[str | int] | None = None, same: _Same | None = None
+) -> list[dict[str, Any]]:
     """Operations that turn ``base`` into ``new`` (see :func:`apply_ops`)."""
     parts = parts or []
+    same = same or _Same()
     path = format_path(parts)
-    if _same(base, new):
+    if same(base, new):
         return []
     if isinstance(base, dict) and isinstance(new, dict):
         kept = [k for k in base if k in new]
         if kept == [k for k in new if k in base] and list(new)[: len(kept)] == kept:
             ops: list[dict[str, Any]] = [{"drop": format_path([*parts, k])} for k in base if k not in new]
             for key in kept:
-                ops.extend(diff_ops(base[key], new[key], [*parts, key]))
+                ops.extend(diff_ops(base[key], new[key], [*parts, key], same))
             ops.extend({"set": format_path([*parts, k]), "value": new[k]} for k in new if k not in base)
             return ops
         return [{"set": path, "value": new}]
@@ -749,11 +762,11 @@ def diff_ops(base: Any, new: Any, parts: list[str | int] | None = None) -> list[
         edits: list[dict[str, Any]] = []
         changed = 0
         for i in range(common):
-            if not _same(base[i], new[i]):
+            if not same(base[i], new[i]):
                 changed += 1
                 if changed > _MAX_EDITS:
                     return [{"set": path, "value": new}]
-                edits.extend(diff_ops(base[i], new[i], [*parts, i]))
+                edits.extend(diff_ops(base[i], new[i], [*parts, i], same))
         if len(new) > len(base):
             edits.append({"append": path, "items": new[len(base) :]})
         elif len(new) < len(base):
