@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import NETWORK_GUARD, read_json
 
-LONG_AGENT = '''
+LONG_AGENT = """
 import json
 import os
 
@@ -51,12 +51,18 @@ def test_long_audit(anthropic_emulator, token_ledger):
         json.dump({"turns": [dict(t.usage) for t in token_ledger.turns],
                    "verdicts": [t.verdict for t in token_ledger.cache_analysis().turns],
                    "final_request": len(json.dumps(messages))}, out)
-'''
+"""
 
 
 def _run(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +126,11 @@ def test_a_prompt_edit_is_a_small_cassette_diff(long_run: dict[str, Any], tmp_pa
     edited = _run(root, env, "--token-budget-record=all")
     assert edited.returncode == 0, edited.stdout + edited.stderr
     after = cassette.read_text().splitlines()
-    changed = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)
-               if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    changed = [
+        line
+        for line in difflib.unified_diff(before, after, lineterm="", n=0)
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    ]
     body = [line for line in changed if "recorded_at:" not in line]
     assert len(changed) - len(body) == 2 * 200
     assert len(body) == 2
