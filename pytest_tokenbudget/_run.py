@@ -60,6 +60,7 @@ class Settings:
     update: bool = False
     baseline_path: Path | None = None
     config: Config = field(default_factory=Config)
+    count_tokens: bool = True
 
 
 def cassette_path(settings: Settings, module: Path, test_name: str, class_name: str | None = None) -> Path:
@@ -240,7 +241,8 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
         if d.exchange in turn_of_exchange and isinstance(d.recorded.request_body.try_json(), dict)
     }
     has_requests = all(isinstance(t.request, Mapping) for t in ledger.turns)
-    analysis = analyze(ledger, changed=changed) if has_requests else None
+    counted = _count_tokens(recorder, ledger, changed) if changed and settings.count_tokens else {}
+    analysis = analyze(ledger, changed=changed, counted=counted) if has_requests else None
     if analysis is not None and changed:
         ledger = ledger.with_estimates(analysis)
         result.ledger = ledger
@@ -289,6 +291,35 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
     if not breaches and not gate.failures:
         return Evaluation(result)
     return Evaluation(result, _failure(nodeid, breaches, gate, entry, ledger, recorder))
+
+
+_COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "speed",
+                 "output_config")
+
+
+def _count_tokens(recorder: Recorder, ledger: Ledger, changed: Mapping[int, Any]) -> dict[int, int]:
+    """Exact input tokens of changed requests from the count_tokens API, when a real key is set.
+
+    Without a key (CI) this returns nothing and the analysis estimates from characters. The calls
+    bypass the recorder: they are the plugin's, not the test's, and are never recorded.
+    """
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if not key or key == PLACEHOLDER_API_KEY:
+        return {}
+    import anthropic
+
+    counted: dict[int, int] = {}
+    with recorder.bypass():
+        client = anthropic.Anthropic(max_retries=1)
+        for turn in ledger.turns:
+            if turn.index not in changed or not isinstance(turn.request, Mapping):
+                continue
+            params = {k: v for k, v in turn.request.items() if k in _COUNT_FIELDS}
+            try:
+                counted[turn.index] = client.messages.count_tokens(**params).input_tokens
+            except anthropic.AnthropicError:
+                return {}  # no network or no permission: fall back to estimates for every turn
+    return counted
 
 
 def _rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:

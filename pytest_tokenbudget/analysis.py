@@ -365,7 +365,10 @@ class _Tokens:
 
 
 def analyze(
-    ledger: Ledger | Sequence[Turn], *, changed: Mapping[int, Mapping[str, Any]] | None = None
+    ledger: Ledger | Sequence[Turn],
+    *,
+    changed: Mapping[int, Mapping[str, Any]] | None = None,
+    counted: Mapping[int, int] | None = None,
 ) -> CacheAnalysis:
     """Analyse the cache behaviour of every turn (see the module docstring).
 
@@ -376,6 +379,8 @@ def analyze(
             grows or shrinks by the changed characters times this recording's own tokens per
             character, and the cache model decides what is read and written. The estimate is
             in :attr:`TurnCache.estimated_usage`, with its method.
+        counted: for changed turns, exact input tokens from the count_tokens API (used
+            instead of the character estimate).
     """
     turns = ledger.turns if isinstance(ledger, Ledger) else list(ledger)
     changed = changed or {}
@@ -409,7 +414,9 @@ def analyze(
         body.setdefault("model", turn.requested_model or turn.model)
         layout = layout_of(body, memo)
         estimate = None
-        if turn.index in changed:
+        if turn.index in changed and counted and turn.index in counted:
+            estimate = (counted[turn.index], f"count_tokens API: {counted[turn.index]:,} input tokens")
+        elif turn.index in changed:
             estimate = _estimate_total(turn, layout, changed[turn.index], ratio)
         result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time, estimate)
         analysis.turns.append(result)

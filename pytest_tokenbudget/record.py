@@ -158,6 +158,7 @@ class Recorder:
         self.recorded: list[Interaction] = []
         self.departures: list[Departure] = []
         self.errors: list[ReplayInterrupt] = []
+        self._bypass = False
         self._lock = threading.RLock()
         self._pending: dict[int, _Decision] = {}
         self._queues: dict[tuple[str, str], deque[int]] = {}
@@ -177,11 +178,23 @@ class Recorder:
 
     def filter_request(self, request: Any) -> Any:
         """vcrpy: ``None`` makes vcrpy ignore the request (not Anthropic traffic)."""
-        return request if is_anthropic_request(request.uri, request.headers) else None
+        return request if self._ours(request) else None
+
+    def _ours(self, request: Any) -> bool:
+        return not self._bypass and is_anthropic_request(request.uri, request.headers)
+
+    @contextmanager
+    def bypass(self) -> Iterator[None]:
+        """Let requests made in the block go to the network unrecorded (the plugin's own calls)."""
+        self._bypass = True
+        try:
+            yield
+        finally:
+            self._bypass = False
 
     def can_play_response_for(self, request: Any) -> bool:
         """vcrpy: decide, once per request, whether to play a recording or to record."""
-        if not is_anthropic_request(request.uri, request.headers):
+        if not self._ours(request):
             return False
         with self._lock:
             decision = self._decide(request)
@@ -218,7 +231,7 @@ class Recorder:
 
     def append(self, request: Any, response: Mapping[str, Any]) -> None:
         """vcrpy: a request went to the network; keep it if it is Anthropic traffic."""
-        if not is_anthropic_request(request.uri, request.headers):
+        if not self._ours(request):
             return
         headers = _headers_of(request)
         for name in ("authorization", "x-api-key", "api-key"):

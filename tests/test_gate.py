@@ -120,6 +120,18 @@ def test_edit_after_the_last_breakpoint_passes_with_an_estimated_cost_change(rec
     )
 
 
+def test_with_a_key_count_tokens_gives_exact_counts(recorded: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an API key, a changed request is counted with count_tokens (here: the emulator's) instead of estimated."""
+    _project(recorded, AGENT.replace('"Where is my order 42?"', '"Where is my order 42, please?"'))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-counting-key")
+    monkeypatch.delenv("TB_BLOCK_NETWORK")  # count_tokens goes to the API (the test's emulator)
+    result = _run(recorded, "--token-budget", "--token-budget-json=report.json")
+    result.assert_outcomes(passed=1)
+    turns = read_json(recorded.path / "report.json")["tests"][0]["turns"]
+    assert turns[0]["cache"]["estimated"]["method"] == "count_tokens API: 1,462 input tokens"
+    assert turns[0]["usage"]["cache_creation_input_tokens"] + turns[0]["usage"]["input_tokens"] == 1462
+
+
 def test_update_accepts_a_change_and_the_gate_then_passes(recorded: pytest.Pytester) -> None:
     """``--token-budget-update`` accepts the change: the baseline's fingerprints change and the gate passes."""
     before = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
