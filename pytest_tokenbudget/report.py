@@ -414,11 +414,17 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
 def render_markdown(report: Report, *, title: str = "Token budget", gate: Sequence[str] = ()) -> str:
     """The report as GitHub-flavoured Markdown (for ``GITHUB_STEP_SUMMARY``), gate verdicts first."""
     out = [f"## {title}", ""]
-    failures = [line for line in gate if ": FAIL " in line]
+    failures: dict[str, list[str]] = {}
+    for line in gate:
+        if ": FAIL " in line:
+            test, reason = line.split(": FAIL ", 1)
+            failures.setdefault(test, []).append(reason)
     if failures:
-        out.append(f"**{len(failures)} gate failure(s)**")
+        out.append(f"**{len(failures)} test(s) fail the token budget gate**")
         out.append("")
-        out.extend(f"- :x: `{line.split(': FAIL ', 1)[0]}`: {line.split(': FAIL ', 1)[1]}" for line in failures)
+        for test, reasons in failures.items():
+            out.append(f"- :x: `{test}`")
+            out.extend(f"  - {reason}" for reason in reasons)
         out.append("")
     others = [line for line in gate if ": FAIL " not in line]
     if others:
