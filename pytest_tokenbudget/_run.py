@@ -280,21 +280,30 @@ def evaluate(state: RunState, recorder: Recorder, budget: Budget, *, test_passed
         )
     result.gate_notes = gate.notes
     result.gate_failures = gate.failures
-    for departure in recorder.departures:
-        if departure.difference is not None and departure.exchange in turn_of_exchange:
-            result.gate_notes.insert(
-                0,
-                f"turn {turn_of_exchange[departure.exchange]} changed since recording: "
-                f"{departure.difference.describe()}",
-            )
-            break
+    if not gate.prefix_change:
+        # Name the change even when the gate passes (an edit after the cached prefix); a changed
+        # prefix already names it in its own lines.
+        for departure in recorder.departures:
+            if departure.difference is not None and departure.exchange in turn_of_exchange:
+                turn = turn_of_exchange[departure.exchange]
+                result.gate_notes.insert(0, f"turn {turn} changed since recording: {departure.difference.describe()}")
+                break
     if not breaches and not gate.failures:
         return Evaluation(result)
     return Evaluation(result, _failure(nodeid, breaches, gate, entry, ledger, recorder))
 
 
-_COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "speed",
-                 "output_config")
+_COUNT_FIELDS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "cache_control",
+    "speed",
+    "output_config",
+)
 
 
 def _count_tokens(recorder: Recorder, ledger: Ledger, changed: Mapping[int, Any]) -> dict[int, int]:

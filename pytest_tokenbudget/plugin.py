@@ -131,8 +131,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("token_budget_price_at", "now (default) or recorded", default="now")
     parser.addini("token_budget_baseline", f"baseline file (default {BASELINE_NAME})", default="")
     parser.addini("token_budget_config", "budgets file (default tokenbudget.yaml or [tool.tokenbudget])", default="")
-    parser.addini("token_budget_count_tokens", "with an API key, count changed requests' tokens with count_tokens",
-                  type="bool", default=True)
+    parser.addini(
+        "token_budget_count_tokens",
+        "with an API key, count changed requests' tokens with count_tokens",
+        type="bool",
+        default=True,
+    )
 
 
 def _record_mode(config: pytest.Config) -> RecordMode:
