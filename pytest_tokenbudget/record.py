@@ -19,9 +19,12 @@ Failures are raised as :class:`~pytest_tokenbudget.errors.ReplayInterrupt`, whic
 from __future__ import annotations
 
 import enum
+import functools
+import importlib.util
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -97,6 +100,35 @@ class _Decision:
     departure: Departure | None = None
 
 
+# vcrpy's patcher groups and the module each needs.
+_CLIENT_MODULES = {
+    "requests": "requests",
+    "boto3": "botocore",
+    "urllib3": "urllib3",
+    "httplib2": "httplib2",
+    "tornado": "tornado",
+    "aiohttp": "aiohttp",
+    "httpx": "httpx",
+    "httpx2": "httpx2",
+}
+
+
+@functools.cache
+def _absent_clients() -> tuple[str, ...]:
+    """vcrpy patcher groups whose library is not installed.
+
+    vcrpy tries to import every client library each time it installs its patches, and a failed
+    import is not cached: for a suite of thousands of tests the search for absent modules costs
+    more than everything else the plugin does. Found once, they are skipped.
+    """
+    # vcrpy's httpx group also tries these optional transports on every install; an absent one
+    # marked None in sys.modules fails its import at once (importlib's documented behaviour).
+    for optional in ("httpx_curl_cffi", "pyreqwest"):
+        if optional not in sys.modules and importlib.util.find_spec(optional) is None:
+            sys.modules[optional] = None  # type: ignore[assignment]
+    return tuple(name for name, module in _CLIENT_MODULES.items() if importlib.util.find_spec(module) is None)
+
+
 def _headers_of(vcr_request: Any) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in vcr_request.headers.items()}
 
@@ -144,7 +176,7 @@ class Recorder:
     ) -> None:
         self._path = str(path)
         self.custom_patches: tuple[Any, ...] = ()
-        self.skip_patchers: tuple[str, ...] = ()
+        self.skip_patchers: tuple[str, ...] = _absent_clients()
         self.cassette_path = Path(path)
         self.test = test
         self.mode = mode
