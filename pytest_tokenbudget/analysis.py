@@ -23,7 +23,7 @@ Verdicts: ``hit``, ``write``, ``miss_expected``, ``miss_unexpected``, ``below_mi
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,8 +238,15 @@ def prefix_divergence(previous: PromptLayout, current: PromptLayout) -> tuple[st
             level_start,
             _settings_difference("speed", previous.settings["system"], current.settings["system"]),
         )
-    limit = min(len(previous.blocks), len(current.blocks))
-    first = next((i for i in range(limit) if previous.chain[i] != current.chain[i]), None)
+    # The chain is cumulative: once two fingerprints differ, every later one does. Bisect.
+    low, high = 0, min(len(previous.blocks), len(current.blocks))
+    while low < high:
+        middle = (low + high) // 2
+        if previous.chain[middle] == current.chain[middle]:
+            low = middle + 1
+        else:
+            high = middle
+    first = low if low < min(len(previous.blocks), len(current.blocks)) else None
     messages_start = min(_settings_block_index(previous, "messages"), _settings_block_index(current, "messages"))
     if previous.settings["messages"] != current.settings["messages"] and (first is None or first >= messages_start):
         key = next(
@@ -307,6 +314,52 @@ def _guess_cause(
 # token anchors
 
 
+class _Cumulative(Sequence[int]):
+    """Cumulative input tokens per block, computed when asked: exact at anchors, interpolated between."""
+
+    def __init__(self, canonical_ends: Sequence[int], anchors: list[tuple[int, int]]) -> None:
+        self._ends = canonical_ends
+        self._anchors = anchors
+        self._positions = [index for index, _tokens in anchors]
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> int:  # type: ignore[override]
+        size = len(self._ends)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError(index)
+        k = bisect.bisect_left(self._positions, index)
+        if self._positions[k] == index:
+            return self._anchors[k][1]
+        (left, left_tokens), (right, right_tokens) = self._anchors[k - 1], self._anchors[k]
+        left_chars = self._ends[left] if left >= 0 else 0
+        span = self._ends[right] - left_chars
+        share = (self._ends[index] - left_chars) / span if span else 1.0
+        return left_tokens + round((right_tokens - left_tokens) * share)
+
+
+class _Estimated(Sequence[bool]):
+    """Whether each block's cumulative count is an estimate."""
+
+    def __init__(self, exact: set[int], size: int, last_estimated: bool) -> None:
+        self._exact = exact
+        self._size = size
+        self._last_estimated = last_estimated
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: int) -> bool:  # type: ignore[override]
+        if index < 0:
+            index += self._size
+        if index == self._size - 1 and self._last_estimated:
+            return True
+        return index not in self._exact
+
+
 class _Tokens:
     """What the recording says about prefix token counts.
 
@@ -320,38 +373,32 @@ class _Tokens:
         self.known: dict[str, int] = {}
         self.tail: dict[str, int] = {}
 
-    def cumulative(self, layout: PromptLayout, total: int) -> tuple[list[int], list[bool]]:
-        """Cumulative tokens per block and, per block, whether the count is an estimate."""
+    def cumulative(self, layout: PromptLayout, total: int) -> tuple[_Cumulative, _Estimated]:
+        """Cumulative tokens per block and, per block, whether the count is an estimate.
+
+        Anchors (exact counts) are the end of the prompt (the turn's total less the model's tail)
+        and every position near a breakpoint whose prefix an earlier turn reported. Only those
+        positions can be read or written, so only they are looked up; other positions are
+        interpolated on characters when asked for.
+        """
         blocks = layout.blocks
         if not blocks:
-            return [], []
-        chars: list[int] = []
-        running = 0
-        for block in blocks:
-            running += max(1, len(block.canonical))
-            chars.append(running)
+            return _Cumulative((), [(-1, 0)]), _Estimated(set(), 0, False)
+        last = len(blocks) - 1
+        candidates = sorted({pos for p in layout.breakpoints
+                             for pos in range(max(0, p.block - LOOKBACK_BLOCKS + 1), p.block + 1)} | {last})
         anchors: list[tuple[int, int]] = [(-1, 0)]
-        for i in range(len(blocks)):
+        for i in candidates:
             value = self.known.get(layout.chain[i])
             if value is not None and anchors[-1][1] <= value <= total:
                 anchors.append((i, value))
-        last = len(blocks) - 1
         end_known = anchors[-1][0] == last
         if not end_known:
             tail = self.tail.get(layout.model)
             anchors.append((last, max(anchors[-1][1], total - (tail or 0))))
-        cumulative = [0] * len(blocks)
-        estimated = [True] * len(blocks)
-        for (left, left_tokens), (right, right_tokens) in itertools.pairwise(anchors):
-            left_chars = chars[left] if left >= 0 else 0
-            span_chars = chars[right] - left_chars
-            for i in range(left + 1, right + 1):
-                share = (chars[i] - left_chars) / span_chars if span_chars else 1.0
-                cumulative[i] = left_tokens + round((right_tokens - left_tokens) * share)
-            estimated[right] = False
-        if not end_known and layout.model not in self.tail:
-            estimated[last] = True
-        return cumulative, estimated
+        exact = {index for index, _tokens in anchors[1:]}
+        last_estimated = not end_known and layout.model not in self.tail
+        return _Cumulative(layout.canonical_ends, anchors), _Estimated(exact, len(blocks), last_estimated)
 
     def learn_tail(self, layout: PromptLayout, total: int, cached_to_end: int) -> None:
         """Learn the model's tail from a turn whose cache covered its last block."""
@@ -390,7 +437,7 @@ def analyze(
     analysis = CacheAnalysis()
     store = CacheStore()
     tokens = _Tokens()
-    previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]] = {}
+    previous_by_model: dict[str, tuple[int, PromptLayout, Sequence[int]]] = {}
     last_time: dict[str, float] = {}
     memo = LayoutMemo()
     for turn in turns:
@@ -491,7 +538,7 @@ def _analyse_turn(
     layout: PromptLayout,
     store: CacheStore,
     tokens: _Tokens,
-    previous_by_model: dict[str, tuple[int, PromptLayout, list[int]]],
+    previous_by_model: dict[str, tuple[int, PromptLayout, Sequence[int]]],
     last_time: dict[str, float],
     estimate: tuple[int, str] | None = None,
 ) -> TurnCache:
@@ -538,7 +585,10 @@ def _analyse_turn(
     )
     recorded_read = turn.cache_read_input_tokens
     recorded_write = turn.cache_creation_input_tokens
-    before = {fp: (e.expires_at, e.tokens) for fp, e in store.entries.items()}
+    # What the store held before this turn, where it matters: near the breakpoints, and
+    # whether anything was alive at all (a changed prefix only costs when something was).
+    before = _snapshot(layout, store)
+    anything_alive = divergence is not None and any(e.expires_at > now for e in store.entries.values())
     if not layout.breakpoints:
         previous_by_model[model_key] = (turn.index, layout, cumulative)
         last_time[model_key] = now
@@ -584,6 +634,7 @@ def _analyse_turn(
         recorded_write,
         before,
         now,
+        anything_alive,
     )
     if verdict != "below_minimum":
         notes.extend(
@@ -623,6 +674,7 @@ def _verdict(
     recorded_write: int,
     before: Mapping[str, tuple[float, int]],
     now: float,
+    anything_alive: bool,
 ) -> tuple[str, str]:
     hit_block = outcome.hit_block
     if predicted_read and recorded_read:
@@ -646,7 +698,7 @@ def _verdict(
             "the cache was warm from outside (an earlier run or another process)"
         )
     # Neither predicted nor recorded a read.
-    if divergence is not None and _divergence_matters(divergence, layout, before, now):
+    if divergence is not None and anything_alive:
         lost = f"; {divergence.tokens_lost:,} cached tokens cannot be reused" if divergence.tokens_lost else ""
         return "prefix_changed", f"{divergence.api_level}: {_short(divergence)}{lost}"
     if outcome.hit_expired:
@@ -670,11 +722,15 @@ def _verdict(
     return "miss_expected", "nothing cached to read, nothing to write"
 
 
-def _divergence_matters(
-    divergence: Divergence, layout: PromptLayout, before: Mapping[str, tuple[float, int]], now: float
-) -> bool:
-    # The change matters when the previous turn left a live entry the lookback could have reached.
-    return any(expires > now for expires, _tokens in before.values())
+def _snapshot(layout: PromptLayout, store: CacheStore) -> dict[str, tuple[float, int]]:
+    """(expiry, tokens) of the store's entries at the positions this turn's lookback reaches."""
+    out = {}
+    for point in layout.breakpoints:
+        for pos in range(point.block, max(-1, point.block - LOOKBACK_BLOCKS), -1):
+            entry = store.entries.get(layout.chain[pos])
+            if entry is not None:
+                out[entry.fingerprint] = (entry.expires_at, entry.tokens)
+    return out
 
 
 def _expired_gap(layout: PromptLayout, before: Mapping[str, tuple[float, int]], now: float) -> str:

@@ -105,13 +105,17 @@ class _Encoder:
     instead of a full re-serialisation per turn. The output equals ``json.dumps`` byte for byte.
     """
 
-    __slots__ = ("_ascii", "_item", "_key", "_memo", "_separators")
+    __slots__ = ("_ascii", "_item", "_key", "_lists", "_memo", "_separators")
 
     def __init__(self, style: str) -> None:
         self._separators, self._ascii = _STYLES[style]
         self._item = self._separators[0].encode("ascii")
         self._key = self._separators[1].encode("ascii")
         self._memo: dict[int, tuple[Any, bytes]] = {}
+        # Per top-level key, the last list encoded: its items, the end of each item in the
+        # joined bytes, and those bytes. The next body's list usually starts with the same
+        # items (objects): its bytes then start with a slice of these.
+        self._lists: dict[str, tuple[list[Any], list[int], bytes]] = {}
 
     def _dumps(self, value: Any) -> bytes:
         return json.dumps(value, separators=self._separators, ensure_ascii=self._ascii).encode("utf-8")
@@ -127,6 +131,28 @@ class _Encoder:
         self._memo[id(value)] = (value, encoded)
         return encoded
 
+    def _list(self, key: str, items: list[Any]) -> bytes:
+        """The items of a list joined with the item separator, resuming from the last list of ``key``."""
+        last_items, last_ends, last_joined = self._lists.get(key, ([], [], b""))
+        shared = 0
+        limit = min(len(items), len(last_items))
+        while shared < limit and items[shared] is last_items[shared]:
+            shared += 1
+        ends = last_ends[:shared]
+        pieces = [last_joined[: ends[-1]]] if shared else []
+        length = ends[-1] if shared else 0
+        for number in range(shared, len(items)):
+            encoded = self._value(items[number])
+            if number:
+                pieces.append(self._item)
+                length += len(self._item)
+            pieces.append(encoded)
+            length += len(encoded)
+            ends.append(length)
+        joined = b"".join(pieces)
+        self._lists[key] = (list(items), ends, joined)
+        return joined
+
     def encode(self, value: Any) -> bytes:
         """``json.dumps(value)`` in this style, with shared parts encoded once."""
         if not isinstance(value, dict):
@@ -138,7 +164,7 @@ class _Encoder:
             parts.append(self._dumps(key))
             parts.append(self._key)
             if isinstance(item, list):
-                parts.append(b"[" + self._item.join(self._value(x) for x in item) + b"]")
+                parts.append(b"[" + self._list(str(key), item) + b"]")
             else:
                 parts.append(self._value(item))
         parts.append(b"}")

@@ -125,14 +125,12 @@ class PromptLayout:
     breakpoints: tuple[Breakpoint, ...]
     settings: Mapping[str, Mapping[str, Any]]
     problems: tuple[str, ...]
+    level_starts: tuple[int, int, int] = (0, 0, 0)
+    canonical_ends: tuple[int, ...] = ()
 
     def level_start(self, level: Level) -> int:
         """Index of the first block at or after ``level`` (``len(blocks)`` when none)."""
-        order = LEVELS.index(level)
-        for block in self.blocks:
-            if LEVELS.index(block.level) >= order:
-                return block.index
-        return len(self.blocks)
+        return self.level_starts[LEVELS.index(level)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,8 +211,23 @@ def _normalised_settings(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _raw_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
-    """(level, path, block, role-if-first-block-of-a-message, explicit-markable, identity) in prefix order.
+def _message_blocks(
+    m: int, message: Any
+) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
+    if not isinstance(message, dict):
+        yield "messages", f"messages[{m}]", message, "?", False, message
+        return
+    role = str(message.get("role"))
+    content = message.get("content")
+    if isinstance(content, str):
+        yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False, content
+    elif isinstance(content, list):
+        for c, block in enumerate(content):
+            yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True, block
+
+
+def _head_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
+    """(level, path, block, role-if-first-block-of-a-message, explicit-markable, identity) of tools and system.
 
     ``identity`` is the object a block comes from (the string itself for string content), used
     by :class:`LayoutMemo` to recognise a block already seen in an earlier request.
@@ -230,53 +243,67 @@ def _raw_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str 
     elif isinstance(system, list):
         for i, block in enumerate(system):
             yield "system", f"system[{i}]", block, None, True, block
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m, message in enumerate(messages):
-            if not isinstance(message, dict):
-                yield "messages", f"messages[{m}]", message, "?", False, message
-                continue
-            role = str(message.get("role"))
-            content = message.get("content")
-            if isinstance(content, str):
-                yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False, content
-            elif isinstance(content, list):
-                for c, block in enumerate(content):
-                    yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True, block
 
 
 def _is_empty_text(block: Any) -> bool:
     return isinstance(block, dict) and block.get("type") == "text" and not block.get("text")
 
 
+_Entry = tuple[Block, bytes, int]  # the block, its hashed chunk, its images
+
+
+@dataclass
+class _Run:
+    """What the memo keeps of a model's last layout, to resume from."""
+
+    tools: Any
+    system: Any
+    settings_key: str
+    messages: list[Any]
+    message_starts: list[int]  # block index where message i starts; one more at the end
+    message_images: list[int]  # images in tools, system and messages[:i]
+    blocks: list[Block]
+    chunks: list[bytes]
+    stream: list[bytes]
+    states: list[Any]
+    ends: list[int]
+    chain: list[str]
+    canonical_ends: list[int]
+    problems: list[tuple[int, str]]
+    explicit: list[Breakpoint]
+    level_starts: tuple[int, int, int]
+    messages_seed: int | None  # position of the messages-level seed in the stream
+    images: int
+
+
 class LayoutMemo:
     """Work shared by the layouts of one run's requests.
 
     Turn k+1 of an agent re-sends turn k's blocks. When they are the very same objects (a
-    replayed cassette shares them) the memo finds a block's canonical form by identity; when
-    they are equal copies (a request parsed afresh: recording, the emulator) it finds it by the
-    block's JSON text, which costs one C-speed ``json.dumps`` instead of the canonicalisation.
-    Per model it also keeps the hash states of the last layout, so the fingerprint chain resumes
-    where the shared prefix ends: a layout costs what is new in it, not the whole transcript.
+    replayed cassette shares them) the memo resumes from the model's last layout: the tools,
+    system and leading messages it shares are not walked again, and the fingerprint chain
+    continues from the saved hash state, so a layout costs what is new in it. Equal copies (a
+    request parsed afresh: recording, the emulator) are recognised by the block's JSON text,
+    which costs one C-speed ``json.dumps`` instead of the canonicalisation.
     """
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[Any, ...], tuple[Any, Block, bytes, int]] = {}
-        self._content: dict[tuple[Any, ...], tuple[Block, bytes, int]] = {}
-        self._last: dict[str, tuple[list[bytes], list[Any], list[str], list[int]]] = {}
+        self._content: dict[tuple[Any, ...], _Entry] = {}
+        self._runs: dict[str, _Run] = {}
 
-    def block(self, key: tuple[Any, ...], anchor: Any, build: Any) -> tuple[Block, bytes, int]:
+    def block(self, index: int, level: Level, path: str, block: Any, role: str | None, explicit: bool,
+              anchor: Any) -> _Entry:
+        key = (id(anchor), index, path, role, explicit)
         hit = self._blocks.get(key)
         if hit is not None and hit[0] is anchor:
             return hit[1], hit[2], hit[3]
-        index, path, role, explicit = key[1:]
-        content_key = (role, explicit, path.split("[", 1)[0], _dumps(anchor))
+        content_key = (role, explicit, level, _dumps(anchor))
         known = self._content.get(content_key)
         if known is not None:
-            block = replace(known[0], index=index, path=path, source=known[0].source)
-            made = (block, known[1], known[2])
+            made = (replace(known[0], index=index, path=path), known[1], known[2])
         else:
-            made = build()
+            made = _make_block(index, level, path, block, role, explicit)
             self._content[content_key] = made
         # The anchor is kept alive with the entry, so its id cannot be reused.
         self._blocks[key] = (anchor, *made)
@@ -285,6 +312,10 @@ class LayoutMemo:
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     return kind + len(payload).to_bytes(8, "big") + payload
+
+
+def _seed(level: Level, settings: Mapping[str, Mapping[str, Any]]) -> bytes:
+    return _chunk(b"\x01", _dumps({"level": level, **settings[level]}).encode("utf-8"))
 
 
 def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> PromptLayout:
@@ -297,52 +328,132 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
     Returns:
         The layout: blocks, fingerprint chain, breakpoints and what the API would reject.
     """
-    settings = _normalised_settings(body)
-    problems: list[str] = []
     memo = memo if memo is not None else LayoutMemo()
-    entries: list[tuple[Block, bytes, int]] = []
-    for index, (level, path, block, role, explicit, anchor) in enumerate(_raw_blocks(body)):
+    settings = _normalised_settings(body)
+    settings_key = _dumps(settings)
+    model = str(body.get("model", ""))
+    raw_messages = body.get("messages")
+    messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
+    tools, system = body.get("tools"), body.get("system")
+    run = memo._runs.get(model)
+    kept_messages = 0
+    if run is not None and run.tools is tools and run.system is system and run.settings_key == settings_key:
+        limit = min(len(messages), len(run.messages))
+        while kept_messages < limit and messages[kept_messages] is run.messages[kept_messages]:
+            kept_messages += 1
+    else:
+        run = None
 
-        def build(
-            level: Level = level,
-            path: str = path,
-            block: Any = block,
-            role: str | None = role,
-            explicit: bool = explicit,
-            index: int = index,
-        ) -> tuple[Block, bytes, int]:
-            return _make_block(index, level, path, block, role, explicit)
+    # Blocks: reuse the head and the leading messages the last layout shares, build the rest.
+    if run is not None:
+        kept_blocks = run.message_starts[kept_messages]
+        blocks = run.blocks[:kept_blocks]
+        chunks = run.chunks[:kept_blocks]
+        message_starts = run.message_starts[: kept_messages + 1]
+        message_images = run.message_images[: kept_messages + 1]
+        level_starts = run.level_starts
+        problems = [p for p in run.problems if p[0] < kept_blocks]
+    else:
+        kept_blocks = 0
+        blocks, chunks, problems = [], [], []
+        head_images = 0
+        for level, path, block, role, explicit, anchor in _head_blocks(body):
+            made, chunk, images = memo.block(len(blocks), level, path, block, role, explicit, anchor)
+            blocks.append(made)
+            chunks.append(chunk)
+            head_images += images
+            _check_block(made, problems)
+        system_start = sum(1 for b in blocks if b.level == "tools")
+        level_starts = (0, system_start, len(blocks))
+        message_starts = [len(blocks)]
+        message_images = [head_images]
+    images = message_images[-1]
+    for m in range(kept_messages, len(messages)):
+        for level, path, block, role, explicit, anchor in _message_blocks(m, messages[m]):
+            made, chunk, block_images = memo.block(len(blocks), level, path, block, role, explicit, anchor)
+            blocks.append(made)
+            chunks.append(chunk)
+            images += block_images
+            _check_block(made, problems)
+        message_starts.append(len(blocks))
+        message_images.append(images)
+    settings["messages"]["images"] = images
 
-        entries.append(memo.block((id(anchor), index, path, role, explicit), anchor, build))
-    settings["messages"]["images"] = sum(images for _block, _chunk_, images in entries)
-    # The stream hashed: each level's settings where the level starts, then each block.
-    stream: list[bytes] = []
-    ends: list[int] = []
-    current: Level | None = None
-    for block, chunk, _images in entries:
+    # The stream hashed: each level's settings where the level starts, then each block. Resume
+    # from the last layout where the blocks and the seeds before them are unchanged.
+    resume_blocks = kept_blocks
+    if run is not None and run.images != images:
+        resume_blocks = min(resume_blocks, level_starts[2])  # the messages-level seed changed
+    if run is not None and resume_blocks > 0:
+        shared = run.ends[resume_blocks - 1]
+        if run.messages_seed is not None and run.messages_seed < shared and run.images != images:
+            shared = run.messages_seed
+        stream = run.stream[:shared]
+        ends = run.ends[:resume_blocks]
+        states = run.states[:shared]
+        chain = run.chain[:resume_blocks]
+        canonical_ends = run.canonical_ends[:resume_blocks]
+        current: Level | None = blocks[resume_blocks - 1].level
+        messages_seed = run.messages_seed if run.messages_seed is not None and run.messages_seed < shared else None
+    else:
+        shared = 0
+        stream, ends, states, chain, canonical_ends = [], [], [], [], []
+        current = None
+        messages_seed = None
+    state = states[-1].copy() if states else hashlib.sha256(_FORMAT)
+    total_chars = canonical_ends[-1] if canonical_ends else 0
+    for number in range(resume_blocks, len(blocks)):
+        block = blocks[number]
         while current != block.level:
             # Fold the settings of each level reached, including empty levels skipped over.
             current = LEVELS[0] if current is None else LEVELS[LEVELS.index(current) + 1]
-            stream.append(_chunk(b"\x01", _dumps({"level": current, **settings[current]}).encode("utf-8")))
-        stream.append(chunk)
+            seed = _seed(current, settings)
+            if current == "messages":
+                messages_seed = len(stream)
+            stream.append(seed)
+            state.update(seed)
+            states.append(state.copy())
+        stream.append(chunks[number])
+        state.update(chunks[number])
+        states.append(state.copy())
         ends.append(len(stream))
-    chain = _chain(memo, str(body.get("model", "")), stream, ends)
-    blocks = [block for block, _chunk_, _images in entries]
-    for block in blocks:
-        if block.ttl is not None and not block.markable:
-            if _is_empty_text(block.source):  # the API's wording (facts section 2)
-                problems.append(f"{block.path}: cache_control cannot be set for empty text blocks")
-            else:
-                problems.append(f"{block.path}: cache_control cannot be set on a {block.kind} block")
-    breakpoints = _breakpoints(body, blocks, chain, problems)
+        chain.append(state.hexdigest()[:32])
+        total_chars += max(1, len(block.canonical))
+        canonical_ends.append(total_chars)
+
+    explicit_points = [p for p in run.explicit if p.block < resume_blocks] if run is not None else []
+    explicit_points.extend(
+        Breakpoint(b.index, b.level, b.path, b.ttl, False, chain[b.index])
+        for b in blocks[resume_blocks:]
+        if b.ttl is not None and b.markable
+    )
+    problem_lines = [text for _index, text in problems]
+    breakpoints = _breakpoints(body, blocks, chain, explicit_points, problem_lines)
+    memo._runs[model] = _Run(
+        tools=tools, system=system, settings_key=settings_key, messages=list(messages),
+        message_starts=message_starts, message_images=message_images, blocks=blocks, chunks=chunks,
+        stream=stream, states=states, ends=ends, chain=chain, canonical_ends=canonical_ends,
+        problems=problems, explicit=explicit_points, level_starts=level_starts, messages_seed=messages_seed,
+        images=images,
+    )
     return PromptLayout(
-        model=str(body.get("model", "")),
+        model=model,
         blocks=tuple(blocks),
         chain=tuple(chain),
         breakpoints=tuple(breakpoints),
         settings=settings,
-        problems=tuple(problems),
+        problems=tuple(problem_lines),
+        level_starts=level_starts,
+        canonical_ends=tuple(canonical_ends),
     )
+
+
+def _check_block(block: Block, problems: list[tuple[int, str]]) -> None:
+    if block.ttl is not None and not block.markable:
+        if _is_empty_text(block.source):  # the API's wording (facts section 2)
+            problems.append((block.index, f"{block.path}: cache_control cannot be set for empty text blocks"))
+        else:
+            problems.append((block.index, f"{block.path}: cache_control cannot be set on a {block.kind} block"))
 
 
 def _make_block(
@@ -367,29 +478,6 @@ def _make_block(
     return made, _chunk(b"\x02", canonical), images
 
 
-def _chain(memo: LayoutMemo, model: str, stream: list[bytes], ends: list[int]) -> list[str]:
-    """Fingerprint after each block, resuming from the hash states of the model's last layout."""
-    last_stream, last_states, last_chain, last_ends = memo._last.get(model, ([], [], [], []))
-    shared = 0
-    for old, new in zip(last_stream, stream, strict=False):
-        if old is not new and old != new:
-            break
-        shared += 1
-    states = last_states[:shared]
-    state = states[-1].copy() if states else hashlib.sha256(_FORMAT)
-    for chunk in stream[shared:]:
-        state.update(chunk)
-        states.append(state.copy())
-    chain = []
-    for number, end in enumerate(ends):
-        if end <= shared and number < len(last_ends) and last_ends[number] == end:
-            chain.append(last_chain[number])
-        else:
-            chain.append(states[end - 1].hexdigest()[:32])
-    memo._last[model] = (stream, states, chain, ends)
-    return chain
-
-
 def _strip_media(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_media(v) for k, v in value.items() if k != "source"}
@@ -399,13 +487,13 @@ def _strip_media(value: Any) -> Any:
 
 
 def _breakpoints(
-    body: Mapping[str, Any], blocks: Sequence[Block], chain: Sequence[str], problems: list[str]
+    body: Mapping[str, Any],
+    blocks: Sequence[Block],
+    chain: Sequence[str],
+    explicit: Sequence[Breakpoint],
+    problems: list[str],
 ) -> list[Breakpoint]:
-    points = [
-        Breakpoint(b.index, b.level, b.path, b.ttl, False, chain[b.index])
-        for b in blocks
-        if b.ttl is not None and b.markable
-    ]
+    points = list(explicit)
     automatic = body.get("cache_control")
     if isinstance(automatic, dict) and blocks:
         ttl: Ttl = "1h" if automatic.get("ttl") == "1h" else "5m"
