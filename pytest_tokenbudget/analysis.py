@@ -385,8 +385,10 @@ class _Tokens:
         if not blocks:
             return _Cumulative((), [(-1, 0)]), _Estimated(set(), 0, False)
         last = len(blocks) - 1
-        candidates = sorted({pos for p in layout.breakpoints
-                             for pos in range(max(0, p.block - LOOKBACK_BLOCKS + 1), p.block + 1)} | {last})
+        candidates = sorted(
+            {pos for p in layout.breakpoints for pos in range(max(0, p.block - LOOKBACK_BLOCKS + 1), p.block + 1)}
+            | {last}
+        )
         anchors: list[tuple[int, int]] = [(-1, 0)]
         for i in candidates:
             value = self.known.get(layout.chain[i])

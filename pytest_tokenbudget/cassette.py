@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import copy
 import json
 import re
@@ -113,9 +114,9 @@ class _Encoder:
         self._key = self._separators[1].encode("ascii")
         self._memo: dict[int, tuple[Any, bytes]] = {}
         # Per top-level key, the last list encoded: its items, the end of each item in the
-        # joined bytes, and those bytes. The next body's list usually starts with the same
-        # items (objects): its bytes then start with a slice of these.
-        self._lists: dict[str, tuple[list[Any], list[int], bytes]] = {}
+        # joined bytes, and those bytes as segments with their ends. The next body's list
+        # usually starts with the same items (objects): its segments then start with these.
+        self._lists: dict[str, tuple[list[Any], list[int], list[bytes], list[int]]] = {}
 
     def _dumps(self, value: Any) -> bytes:
         return json.dumps(value, separators=self._separators, ensure_ascii=self._ascii).encode("utf-8")
@@ -131,16 +132,31 @@ class _Encoder:
         self._memo[id(value)] = (value, encoded)
         return encoded
 
-    def _list(self, key: str, items: list[Any]) -> bytes:
-        """The items of a list joined with the item separator, resuming from the last list of ``key``."""
-        last_items, last_ends, last_joined = self._lists.get(key, ([], [], b""))
+    def _list(self, key: str, items: list[Any]) -> list[bytes]:
+        """The items of a list joined with the item separator, as segments, resuming from the last list of ``key``.
+
+        Segments are kept rather than joined: the shared prefix of the next list is a few of
+        them (one more per turn), so neither building nor comparing a long transcript copies it.
+        """
+        last_items, last_ends, last_segments, last_segment_ends = self._lists.get(key, ([], [], [], []))
         shared = 0
         limit = min(len(items), len(last_items))
         while shared < limit and items[shared] is last_items[shared]:
             shared += 1
         ends = last_ends[:shared]
-        pieces = [last_joined[: ends[-1]]] if shared else []
+        segments: list[bytes] = []
+        segment_ends: list[int] = []
+        if shared:
+            boundary = ends[-1]
+            whole = bisect.bisect_right(last_segment_ends, boundary)
+            segments = last_segments[:whole]
+            segment_ends = last_segment_ends[:whole]
+            done = segment_ends[-1] if segment_ends else 0
+            if done < boundary:  # the shared prefix ends inside a segment: keep its head
+                segments.append(last_segments[whole][: boundary - done])
+                segment_ends.append(boundary)
         length = ends[-1] if shared else 0
+        pieces = []
         for number in range(shared, len(items)):
             encoded = self._value(items[number])
             if number:
@@ -149,14 +165,16 @@ class _Encoder:
             pieces.append(encoded)
             length += len(encoded)
             ends.append(length)
-        joined = b"".join(pieces)
-        self._lists[key] = (list(items), ends, joined)
-        return joined
+        if pieces:
+            segments.append(b"".join(pieces))
+            segment_ends.append(length)
+        self._lists[key] = (list(items), ends, segments, segment_ends)
+        return segments
 
-    def encode(self, value: Any) -> bytes:
-        """``json.dumps(value)`` in this style, with shared parts encoded once."""
+    def parts(self, value: Any) -> list[bytes]:
+        """``json.dumps(value)`` in this style, as a list of byte strings to concatenate."""
         if not isinstance(value, dict):
-            return self._value(value)
+            return [self._value(value)]
         parts = [b"{"]
         for number, (key, item) in enumerate(value.items()):
             if number:
@@ -164,11 +182,17 @@ class _Encoder:
             parts.append(self._dumps(key))
             parts.append(self._key)
             if isinstance(item, list):
-                parts.append(b"[" + self._list(str(key), item) + b"]")
+                parts.append(b"[")
+                parts.extend(self._list(str(key), item))
+                parts.append(b"]")
             else:
                 parts.append(self._value(item))
         parts.append(b"}")
-        return b"".join(parts)
+        return parts
+
+    def encode(self, value: Any) -> bytes:
+        """``json.dumps(value)`` in this style, with shared parts encoded once."""
+        return b"".join(self.parts(value))
 
 
 class Body:
@@ -207,6 +231,17 @@ class Body:
             self._raw = _encode(self._json, self._style)
             return self._raw
         return self._encoder.encode(self._json)
+
+    def matches(self, data: bytes) -> bool:
+        """Whether ``data`` is exactly this body, compared piece by piece without building the bytes."""
+        if self._raw is not None or self._encoder is None or self._json is _UNSET:
+            return self.raw == data
+        position = 0
+        for part in self._encoder.parts(self._json):
+            if not data.startswith(part, position):
+                return False
+            position += len(part)
+        return position == len(data)
 
     def json(self) -> Any:
         """The parsed JSON value; raises ``ValueError`` when the body is not JSON."""

@@ -211,9 +211,7 @@ def _normalised_settings(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _message_blocks(
-    m: int, message: Any
-) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
+def _message_blocks(m: int, message: Any) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
     if not isinstance(message, dict):
         yield "messages", f"messages[{m}]", message, "?", False, message
         return
@@ -292,8 +290,9 @@ class LayoutMemo:
         self._content: dict[tuple[Any, ...], _Entry] = {}
         self._runs: dict[str, _Run] = {}
 
-    def block(self, index: int, level: Level, path: str, block: Any, role: str | None, explicit: bool,
-              anchor: Any) -> _Entry:
+    def block(
+        self, index: int, level: Level, path: str, block: Any, role: str | None, explicit: bool, anchor: Any
+    ) -> _Entry:
         key = (id(anchor), index, path, role, explicit)
         hit = self._blocks.get(key)
         if hit is not None and hit[0] is anchor:
@@ -430,10 +429,23 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
     problem_lines = [text for _index, text in problems]
     breakpoints = _breakpoints(body, blocks, chain, explicit_points, problem_lines)
     memo._runs[model] = _Run(
-        tools=tools, system=system, settings_key=settings_key, messages=list(messages),
-        message_starts=message_starts, message_images=message_images, blocks=blocks, chunks=chunks,
-        stream=stream, states=states, ends=ends, chain=chain, canonical_ends=canonical_ends,
-        problems=problems, explicit=explicit_points, level_starts=level_starts, messages_seed=messages_seed,
+        tools=tools,
+        system=system,
+        settings_key=settings_key,
+        messages=list(messages),
+        message_starts=message_starts,
+        message_images=message_images,
+        blocks=blocks,
+        chunks=chunks,
+        stream=stream,
+        states=states,
+        ends=ends,
+        chain=chain,
+        canonical_ends=canonical_ends,
+        problems=problems,
+        explicit=explicit_points,
+        level_starts=level_starts,
+        messages_seed=messages_seed,
         images=images,
     )
     return PromptLayout(

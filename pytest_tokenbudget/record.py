@@ -339,7 +339,7 @@ class Recorder:
         for position, index in enumerate(queue):
             if position >= _LOOKAHEAD:
                 break
-            if self._recordings[index].request_body.raw == body:
+            if self._recordings[index].request_body.matches(body):
                 return index
         return None
 

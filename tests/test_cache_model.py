@@ -681,41 +681,77 @@ def test_diagnose_reasons() -> None:
 
 # -------------------------------------------------------------------------------- incremental layouts
 
-_message_strategy = st.fixed_dictionaries({
-    "role": st.sampled_from(["user", "assistant"]),
-    "content": st.one_of(
-        st.text(max_size=20),
-        st.lists(st.one_of(
-            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(min_size=1, max_size=20)}),
-            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(min_size=1, max_size=20),
-                                   "cache_control": st.just({"type": "ephemeral"})}),
-            st.fixed_dictionaries({"type": st.just("image"), "source": st.fixed_dictionaries({
-                "type": st.just("base64"), "media_type": st.just("image/png"), "data": st.text(max_size=8)})}),
-            st.fixed_dictionaries({"type": st.just("thinking"), "thinking": st.text(max_size=10),
-                                   "signature": st.just("s")}),
-        ), min_size=1, max_size=3),
-    ),
-})
+_message_strategy = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant"]),
+        "content": st.one_of(
+            st.text(max_size=20),
+            st.lists(
+                st.one_of(
+                    st.fixed_dictionaries({"type": st.just("text"), "text": st.text(min_size=1, max_size=20)}),
+                    st.fixed_dictionaries(
+                        {
+                            "type": st.just("text"),
+                            "text": st.text(min_size=1, max_size=20),
+                            "cache_control": st.just({"type": "ephemeral"}),
+                        }
+                    ),
+                    st.fixed_dictionaries(
+                        {
+                            "type": st.just("image"),
+                            "source": st.fixed_dictionaries(
+                                {
+                                    "type": st.just("base64"),
+                                    "media_type": st.just("image/png"),
+                                    "data": st.text(max_size=8),
+                                }
+                            ),
+                        }
+                    ),
+                    st.fixed_dictionaries(
+                        {"type": st.just("thinking"), "thinking": st.text(max_size=10), "signature": st.just("s")}
+                    ),
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+    }
+)
 
 
 def _layout_facts(layout: PromptLayout) -> tuple[object, ...]:
     return (
         [(b.index, b.level, b.path, b.kind, b.canonical, b.ttl, b.markable, b.images) for b in layout.blocks],
-        layout.chain, layout.breakpoints, layout.settings, layout.problems, layout.level_starts,
+        layout.chain,
+        layout.breakpoints,
+        layout.settings,
+        layout.problems,
+        layout.level_starts,
         layout.canonical_ends,
     )
 
 
 @given(
     first=st.lists(_message_strategy, min_size=1, max_size=4),
-    steps=st.lists(st.tuples(st.integers(0, 6), st.lists(_message_strategy, max_size=3), st.booleans(),
-                             st.booleans(), st.sampled_from(["claude-sonnet-4-6", "claude-haiku-4-5"])),
-                   min_size=1, max_size=6),
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 6),
+            st.lists(_message_strategy, max_size=3),
+            st.booleans(),
+            st.booleans(),
+            st.sampled_from(["claude-sonnet-4-6", "claude-haiku-4-5"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
 )
 @settings(max_examples=150, deadline=None)
 def test_memoised_layouts_equal_fresh_ones(first: list[dict], steps: list[tuple]) -> None:  # type: ignore[type-arg]
     """Layouts resumed from a memo (shared tools, system and leading messages) equal layouts computed afresh."""
-    tools = [{"name": "t", "description": "d", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]
+    tools = [
+        {"name": "t", "description": "d", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}
+    ]
     system = [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
     memo = LayoutMemo()
     messages = list(first)
@@ -723,8 +759,13 @@ def test_memoised_layouts_equal_fresh_ones(first: list[dict], steps: list[tuple]
         messages = messages[: max(1, min(keep, len(messages)))] + added
         if new_system:
             system = [{"type": "text", "text": "sys2"}]
-        body: dict[str, object] = {"model": model, "max_tokens": 1, "tools": tools, "system": system,
-                                   "messages": messages}
+        body: dict[str, object] = {
+            "model": model,
+            "max_tokens": 1,
+            "tools": tools,
+            "system": system,
+            "messages": messages,
+        }
         if automatic:
             body["cache_control"] = {"type": "ephemeral"}
         assert _layout_facts(layout_of(body, memo)) == _layout_facts(layout_of(body))

@@ -618,3 +618,36 @@ def test_real_prompt_caching_write_then_read() -> None:
         {"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1163, "output_tokens": 202},
     ]
     assert legacy.totals().total_input_tokens == 2 * (4 + 1163)
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.lists(
+                st.one_of(
+                    st.text(max_size=6), st.integers(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+                ),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_encoder_resumes_lists_and_matches_byte_exactly(steps: list[tuple[int, list[object]]]) -> None:
+    """Bodies sharing list items with the previous one encode to json.dumps bytes and match only those."""
+    from pytest_tokenbudget.cassette import Body, _Encoder
+
+    encoder = _Encoder("compact")
+    items: list[object] = []
+    for keep, added in steps:
+        items = items[:keep] + added
+        value = {"max_tokens": 1, "messages": items, "model": "m"}
+        expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = Body(json_value=value, encoder=encoder)
+        assert body.raw == expected
+        assert body.matches(expected)
+        assert not body.matches(expected[:-1])
+        assert not body.matches(expected + b"x")
