@@ -23,6 +23,7 @@ import base64
 import binascii
 import bisect
 import copy
+import gc
 import json
 import re
 import zlib
@@ -382,7 +383,16 @@ def load_cassette(path: Path | str) -> Cassette:
 def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
     """Parse cassette text (YAML or JSON, either format)."""
     path = Path(path)
-    data = _parse_document(text, path)
+    # Parsing builds tens of thousands of containers and no reference cycles: the cyclic
+    # garbage collector would only rescan them, more often the longer the run (refcounting
+    # still frees everything). Paused for the parse, restored after.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        data = _parse_document(text, path)
+    finally:
+        if collecting:
+            gc.enable()
     if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
         kind = type(data).__name__
         raise CassetteError(
