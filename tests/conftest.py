@@ -16,6 +16,15 @@ import vcr.patch  # noqa: F401
 
 import pytest_tokenbudget.emulator  # noqa: F401
 
+# CI machines are slower and busier than a laptop: a generator that takes long is not a bug in the
+# code under test. Every property test runs without a deadline and without the too-slow check.
+hypothesis.settings.register_profile(
+    "tokenbudget",
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow, hypothesis.HealthCheck.data_too_large],
+)
+hypothesis.settings.load_profile("tokenbudget")
+
 # A conftest for pytester projects: with TB_BLOCK_NETWORK=1 every outgoing connection fails,
 # so a replay that tried to reach any server would fail loudly.
 NETWORK_GUARD = """
