@@ -10,7 +10,7 @@ from typing import Any
 # them loaded across runs (each run would otherwise re-import the SDK and hypothesis).
 import anthropic  # noqa: F401
 import httpx  # noqa: F401
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
 import vcr.patch  # noqa: F401
 
