@@ -13,6 +13,10 @@ the model before ``tools``; ``speed`` before ``system``; ``tool_choice``, thinki
 number of images before ``messages`` (facts section 2, "Invalidation"). An explicit default
 (``tool_choice: auto``, ``thinking: disabled``) equals omitting it.
 
+UNSURE: the facts list toggling web search/fetch or citations as invalidating system and
+messages only; here a server tool is one of ``tools``, so adding or removing it changes every level,
+and citations settings live in the blocks that carry them.
+
 UNSURE (facts section 12): what counts as one "block" for the 20-position lookback. Here a block
 is one tool, one system block or one content block of a message; a string ``system`` or string
 message ``content`` counts as one text block and is fingerprinted as if it were
