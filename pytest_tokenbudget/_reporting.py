@@ -65,9 +65,10 @@ def publish(state: RunState) -> list[str]:
     settings = state.settings
     if settings.json_path is not None:
         write_atomic(settings.json_path, json.dumps(report.to_json(), indent=2) + "\n")
+    gate = _gate_lines(state)
     markdown = None
     if settings.markdown_path is not None or os.environ.get("GITHUB_STEP_SUMMARY"):
-        markdown = render_markdown(report, gate=_gate_lines(state))
+        markdown = render_markdown(report, gate=gate)
     if settings.markdown_path is not None and markdown is not None:
         write_atomic(settings.markdown_path, markdown)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -76,7 +77,6 @@ def publish(state: RunState) -> list[str]:
         with Path(summary).open("a", encoding="utf-8") as handle:
             handle.write(markdown)
     lines = render_text(report, verbose=settings.verbose)
-    gate = _gate_lines(state)
     if gate:
         lines.extend(["", "gate:", *("  " + line for line in gate)])
     for path in (settings.json_path, settings.markdown_path):

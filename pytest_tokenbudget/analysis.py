@@ -433,15 +433,19 @@ def analyze(
     """
     turns = ledger.turns if isinstance(ledger, Ledger) else list(ledger)
     changed = changed or {}
+    memo = LayoutMemo()  # shared by the ratio and the turns below: each block is canonicalised once
     ratio = 0.25
     if changed:
-        ratio = _tokens_per_char([t for t in turns if t.index not in changed]) or _tokens_per_char(turns) or ratio
+        ratio = (
+            _tokens_per_char([t for t in turns if t.index not in changed], memo)
+            or _tokens_per_char(turns, memo)
+            or ratio
+        )
     analysis = CacheAnalysis()
     store = CacheStore()
     tokens = _Tokens()
     previous_by_model: dict[str, tuple[int, PromptLayout, Sequence[int]]] = {}
     last_time: dict[str, float] = {}
-    memo = LayoutMemo()
     for turn in turns:
         request = turn.request if isinstance(turn.request, Mapping) else None
         if request is None or not isinstance(request.get("messages"), list):
@@ -466,7 +470,7 @@ def analyze(
         if turn.index in changed and counted and turn.index in counted:
             estimate = (counted[turn.index], f"count_tokens API: {counted[turn.index]:,} input tokens")
         elif turn.index in changed:
-            estimate = _estimate_total(turn, layout, changed[turn.index], ratio)
+            estimate = _estimate_total(turn, layout, changed[turn.index], ratio, memo)
         result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time, estimate)
         analysis.turns.append(result)
         if result.divergence is not None:
@@ -475,24 +479,26 @@ def analyze(
     return analysis
 
 
-def _request_chars(request: Mapping[str, Any]) -> int:
-    return sum(len(block.canonical) for block in layout_of(request).blocks)
+def _request_chars(request: Mapping[str, Any], memo: LayoutMemo) -> int:
+    return sum(len(block.canonical) for block in layout_of(request, memo).blocks)
 
 
-def _tokens_per_char(turns: Sequence[Turn]) -> float | None:
+def _tokens_per_char(turns: Sequence[Turn], memo: LayoutMemo) -> float | None:
     """Input tokens per canonical character over turns with a request body (the recording's ratio)."""
     tokens = chars = 0
     for turn in turns:
         if isinstance(turn.request, Mapping) and isinstance(turn.request.get("messages"), list):
             tokens += turn.total_input_tokens
-            chars += _request_chars(turn.request)
+            chars += _request_chars(turn.request, memo)
     return tokens / chars if chars and tokens else None
 
 
-def _estimate_total(turn: Turn, layout: PromptLayout, recorded: Mapping[str, Any], ratio: float) -> tuple[int, str]:
+def _estimate_total(
+    turn: Turn, layout: PromptLayout, recorded: Mapping[str, Any], ratio: float, memo: LayoutMemo
+) -> tuple[int, str]:
     """Total input tokens of a changed request, and how they were estimated."""
     new_chars = sum(len(block.canonical) for block in layout.blocks)
-    old_chars = _request_chars(recorded)
+    old_chars = _request_chars(recorded, memo)
     delta = new_chars - old_chars
     total = max(0, turn.total_input_tokens + round(delta * ratio))
     method = (

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -1073,8 +1073,6 @@ vcr_serializer = _VcrSerializer()
 
 class TokenBudgetPersister:
     """A vcrpy persister: atomic writes, and a corrupt file is an error rather than "no cassette"."""
-
-    not_found: ClassVar[type[Exception]] = FileNotFoundError
 
     @classmethod
     def load_cassette(cls, cassette_path: str | Path, serializer: Any) -> tuple[list[Any], list[Any]]:

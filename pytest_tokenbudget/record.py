@@ -45,6 +45,7 @@ __all__ = ["PLACEHOLDER_API_KEY", "Departure", "RecordMode", "Recorder", "secret
 PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 _LOOKAHEAD = 32
+_REDACTED_BYTES = REDACTED.encode("utf-8")
 _RETRYABLE = frozenset({408, 409, 429})
 
 
@@ -191,6 +192,8 @@ class Recorder:
         self.departures: list[Departure] = []
         self.errors: list[ReplayInterrupt] = []
         self._bypass = False
+        self._secret_bytes: list[bytes] = []
+        self._ledger: tuple[int, Ledger] | None = None
         self._lock = threading.RLock()
         self._pending: dict[int, _Decision] = {}
         self._queues: dict[tuple[str, str], deque[int]] = {}
@@ -329,10 +332,13 @@ class Recorder:
         raise AssertionError("unreachable")
 
     def _redacted(self, body: bytes) -> bytes:
-        # Cassettes hold "<redacted>" where a secret was; compare like with like.
-        for secret in self.secrets:
-            if secret.encode("utf-8") in body:
-                body = body.replace(secret.encode("utf-8"), REDACTED.encode("utf-8"))
+        # Cassettes hold "<redacted>" where a secret was; compare like with like. The encoded
+        # secrets are kept between requests (replay's hot path) and renewed when the set grows.
+        if len(self._secret_bytes) != len(self.secrets):
+            self._secret_bytes = [secret.encode("utf-8") for secret in self.secrets]
+        for secret in self._secret_bytes:
+            if secret in body:
+                body = body.replace(secret, _REDACTED_BYTES)
         return body
 
     def _exact(self, queue: deque[int], body: bytes) -> int | None:
@@ -423,7 +429,11 @@ class Recorder:
         """The ledger of this test's exchanges so far, in the order they happened."""
         with self._lock:
             exchanges = list(self.exchanges)
-        return turns_from(exchanges, source=self.cassette_path, test=self.test)
+        # The live ``token_ledger`` asks on every access; exchanges only grow, so their count
+        # says whether the last ledger is still the current one.
+        if self._ledger is None or self._ledger[0] != len(exchanges):
+            self._ledger = (len(exchanges), turns_from(exchanges, source=self.cassette_path, test=self.test))
+        return self._ledger[1]
 
     def to_save(self) -> list[Interaction] | None:
         """What the cassette should hold after this test, or ``None`` to leave it as it is."""
