@@ -3,16 +3,17 @@
 The pytest plugin (``pytest_tokenbudget.plugin``) loads on its own; this package exports what a
 test or a script uses directly:
 
-* :class:`Ledger`, :class:`Turn`, :class:`Totals`: the ``token_ledger`` fixture's types;
+* :class:`TokenLedger`: what the ``token_ledger`` fixture returns (live turns, inline budget checks);
+* :class:`Ledger`, :class:`Turn`, :class:`Totals`: a ledger's data;
 * :class:`AnthropicEmulator`, :class:`Reply`, :class:`Clock`: the local API emulator;
 * :class:`TokenBudgetError` and its subclasses.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     CassetteError,
     ConfigError,
@@ -23,12 +24,8 @@ from .errors import (
 )
 from .ledger import Ledger, Totals, Turn
 
-try:
-    __version__ = version("pytest-tokenbudget")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
 if TYPE_CHECKING:
+    from .assertions import TokenLedger
     from .emulator import AnthropicEmulator, Clock, Reply
 
 __all__ = [
@@ -42,6 +39,7 @@ __all__ = [
     "Reply",
     "RequestMismatch",
     "TokenBudgetError",
+    "TokenLedger",
     "Totals",
     "Turn",
     "__version__",
@@ -54,4 +52,8 @@ def __getattr__(name: str) -> Any:
         from . import emulator
 
         return getattr(emulator, name)
+    if name == "TokenLedger":  # prices and the cache analysis load only when asked for
+        from .assertions import TokenLedger
+
+        return TokenLedger
     raise AttributeError(f"module 'pytest_tokenbudget' has no attribute {name!r}")

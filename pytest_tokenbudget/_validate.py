@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from .errors import TokenBudgetError
@@ -23,6 +22,14 @@ def schema(name: str) -> dict[str, Any]:
     text = resources.files("pytest_tokenbudget").joinpath(f"schemas/{name}").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
+
+
+@cache
+def _validator(schema_name: str) -> Any:
+    # jsonschema costs ~30 ms to import: loaded when a file or marker is first checked.
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema(schema_name))
 
 
 def json_path(path: Sequence[Any]) -> str:
@@ -112,7 +119,7 @@ def check_keys(
 
 def schema_problems(data: Any, root: yaml.Node | None, schema_name: str) -> list[tuple[int | None, str]]:
     """Every schema violation as ``(line, message)``, sorted by line."""
-    validator = jsonschema.Draft202012Validator(schema(schema_name))
+    validator = _validator(schema_name)
     problems: list[tuple[int | None, str]] = []
     for err in validator.iter_errors(data):
         path = tuple(err.absolute_path)

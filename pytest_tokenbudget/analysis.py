@@ -24,28 +24,43 @@ Verdicts: ``hit``, ``write``, ``miss_expected``, ``miss_unexpected``, ``below_mi
 from __future__ import annotations
 
 import bisect
+import enum
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
 from .ledger import Ledger, Turn
 from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
 
-__all__ = ["VERDICTS", "BreakpointInfo", "CacheAnalysis", "Divergence", "TurnCache", "analyze"]
+__all__ = [
+    "VERDICTS",
+    "BreakpointInfo",
+    "CacheAnalysis",
+    "Divergence",
+    "TurnCache",
+    "Verdict",
+    "analyze",
+    "apply_estimates",
+]
 
-VERDICTS = (
-    "hit",
-    "write",
-    "miss_expected",
-    "miss_unexpected",
-    "below_minimum",
-    "expired",
-    "prefix_changed",
-    "warm_from_outside",
-    "no_cache_control",
-)
+
+class Verdict(enum.StrEnum):
+    """What the cache did on a turn, judged against what it should have done."""
+
+    HIT = "hit"
+    WRITE = "write"
+    MISS_EXPECTED = "miss_expected"
+    MISS_UNEXPECTED = "miss_unexpected"
+    BELOW_MINIMUM = "below_minimum"
+    EXPIRED = "expired"
+    PREFIX_CHANGED = "prefix_changed"
+    WARM_FROM_OUTSIDE = "warm_from_outside"
+    NO_CACHE_CONTROL = "no_cache_control"
+
+
+VERDICTS = tuple(verdict.value for verdict in Verdict)
 
 _API_LEVEL = {
     "model": "model_changed",
@@ -126,7 +141,7 @@ class TurnCache:
     """The cache analysis of one turn."""
 
     turn: int
-    verdict: str
+    verdict: Verdict
     reason: str
     breakpoints: tuple[BreakpointInfo, ...]
     predicted_read: int | None
@@ -158,7 +173,7 @@ class TurnCache:
     def as_dict(self) -> dict[str, Any]:
         """JSON form (``turns[].cache``)."""
         out: dict[str, Any] = {
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "reason": self.reason,
             "breakpoints": [b.as_dict() for b in self.breakpoints],
             "predicted": {
@@ -452,7 +467,7 @@ def analyze(
             analysis.turns.append(
                 TurnCache(
                     turn.index,
-                    "miss_expected",
+                    Verdict.MISS_EXPECTED,
                     "request body not available",
                     (),
                     None,
@@ -477,6 +492,25 @@ def analyze(
             analysis.divergences.append(result.divergence)
     _flag_unread_breakpoints(analysis, turns)
     return analysis
+
+
+def apply_estimates(ledger: Ledger, analysis: CacheAnalysis) -> Ledger:
+    """``ledger`` with the usage of changed turns replaced by the analysis' estimates.
+
+    Each estimated turn keeps its recorded usage in ``recorded_usage`` and says how it was
+    estimated in ``estimate_method``; other turns are the same objects.
+    """
+    turns = list(ledger.turns)
+    for result in analysis.turns:
+        if result.estimated_usage is not None:
+            turn = turns[result.turn]
+            turns[result.turn] = replace(
+                turn,
+                usage={**turn.usage, **result.estimated_usage},
+                estimate_method=result.estimate_method,
+                recorded_usage=turn.usage,
+            )
+    return Ledger(turns, ledger.exchanges, ledger.source)
 
 
 def _request_chars(request: Mapping[str, Any], memo: LayoutMemo) -> int:
@@ -834,7 +868,7 @@ def _finish(
         notes.append(f"the API says {api_reason}, this analysis says {verdict}")
     return TurnCache(
         turn=turn.index,
-        verdict=verdict,
+        verdict=Verdict(verdict),
         reason=reason,
         breakpoints=infos,
         predicted_read=predicted_read,

@@ -18,22 +18,61 @@ Falling past a threshold the other way is reported as "baseline stale", never si
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from ._atomic import write_atomic
 from ._validate import schema_problems
+from ._version import __version__
 from .budgets import Budget
 from .errors import ConfigError
 from .prefix import Difference
 
-__all__ = ["BaselineEntry", "GateResult", "compare", "load_baseline", "merge_baseline", "write_baseline"]
+__all__ = [
+    "BaselineEntry",
+    "CachedPoint",
+    "CachedPrefix",
+    "GateResult",
+    "compare",
+    "load_baseline",
+    "merge_baseline",
+    "write_baseline",
+]
 
 BASELINE_NAME = "tokenbudget-baseline.json"
+
+
+@dataclass(frozen=True)
+class CachedPoint:
+    """A breakpoint whose prefix can cache: where it is, the prefix's fingerprint, its tokens."""
+
+    path: str
+    fingerprint: str
+    tokens: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "fingerprint": self.fingerprint, "tokens": self.tokens}
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """One turn's model and its breakpoints that can cache."""
+
+    model: str
+    breakpoints: tuple[CachedPoint, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"model": self.model, "breakpoints": [point.as_json() for point in self.breakpoints]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CachedPrefix:
+        points = tuple(
+            CachedPoint(str(p["path"]), str(p["fingerprint"]), p.get("tokens")) for p in data.get("breakpoints") or ()
+        )
+        return cls(str(data.get("model")), points)
 
 
 @dataclass(frozen=True)
@@ -41,31 +80,31 @@ class BaselineEntry:
     """One test's numbers as the baseline keeps them."""
 
     turns: int
-    input_tokens: int
+    uncached_input_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
     output_tokens: int
     cost_usd: Decimal | None
     cache_hit_rate: float
-    cached_prefixes: tuple[Mapping[str, Any], ...] = ()
+    cached_prefixes: tuple[CachedPrefix, ...] = ()
     estimated: bool = False
 
     @property
     def total_input_tokens(self) -> int:
         """All input tokens."""
-        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+        return self.uncached_input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
     def as_json(self) -> dict[str, Any]:
         """The entry as written (sorted keys are applied by the writer)."""
         out: dict[str, Any] = {
             "turns": self.turns,
-            "input_tokens": self.input_tokens,
+            "input_tokens": self.uncached_input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": float(self.cost_usd) if self.cost_usd is not None else None,
             "cache_hit_rate": round(self.cache_hit_rate, 6),
-            "cached_prefixes": [dict(p) for p in self.cached_prefixes],
+            "cached_prefixes": [p.as_json() for p in self.cached_prefixes],
         }
         if self.estimated:
             out["estimated"] = True
@@ -77,13 +116,13 @@ class BaselineEntry:
         cost = data.get("cost_usd")
         return cls(
             turns=int(data["turns"]),
-            input_tokens=int(data["input_tokens"]),
+            uncached_input_tokens=int(data["input_tokens"]),
             cache_creation_input_tokens=int(data["cache_creation_input_tokens"]),
             cache_read_input_tokens=int(data["cache_read_input_tokens"]),
             output_tokens=int(data["output_tokens"]),
             cost_usd=Decimal(str(cost)) if cost is not None else None,
             cache_hit_rate=float(data["cache_hit_rate"]),
-            cached_prefixes=tuple(data.get("cached_prefixes") or ()),
+            cached_prefixes=tuple(CachedPrefix.from_json(p) for p in data.get("cached_prefixes") or ()),
             estimated=bool(data.get("estimated", False)),
         )
 
@@ -189,7 +228,7 @@ def compare(
     budget: Budget,
     *,
     first_change: tuple[int, Difference] | None = None,
-    rebuild_cost: Any = None,
+    rebuild_cost: Callable[[str, int], Decimal | None] | None = None,
 ) -> GateResult:
     """Judge ``current`` against its baseline entry with the budget's thresholds.
 
@@ -244,12 +283,12 @@ def compare(
     changed = _changed_prefixes(base.cached_prefixes, current.cached_prefixes)
     if changed:
         turn, _model, point = changed[0]
-        tokens = point.get("tokens") or 0
-        where = f"turn {turn}: the prefix cached at {point['path']} ({tokens:,} tokens) is no longer sent"
+        tokens = point.tokens or 0
+        where = f"turn {turn}: the prefix cached at {point.path} ({tokens:,} tokens) is no longer sent"
         if first_change is not None:
             change_turn, difference = first_change
             where = f"turn {change_turn}: {difference.describe()}; " + where.split(": ", 1)[1]
-        largest = max((int(p.get("tokens") or 0), m) for _t, m, p in changed)
+        largest = max((p.tokens or 0, m) for _t, m, p in changed)
         extra = rebuild_cost(largest[1], largest[0]) if rebuild_cost else None
         cost = f", about ${extra:.6f} more per conversation" if extra is not None else ""
         lines = [
@@ -265,13 +304,13 @@ def compare(
 
 
 def _changed_prefixes(
-    base: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
-) -> list[tuple[int, str, Mapping[str, Any]]]:
+    base: Sequence[CachedPrefix], current: Sequence[CachedPrefix]
+) -> list[tuple[int, str, CachedPoint]]:
     """(turn, model, baseline breakpoint) for every cached baseline prefix the run no longer sends."""
     out = []
     for turn, (old, new) in enumerate(zip(base, current, strict=False)):
-        sent = {p["fingerprint"] for p in new.get("breakpoints", [])}
-        for point in old.get("breakpoints", []):
-            if point["fingerprint"] not in sent:
-                out.append((turn, str(old.get("model")), point))
+        sent = {p.fingerprint for p in new.breakpoints}
+        for point in old.breakpoints:
+            if point.fingerprint not in sent:
+                out.append((turn, old.model, point))
     return out

@@ -8,7 +8,7 @@ defaults and per-test patterns (:mod:`pytest_tokenbudget.config`). Keys and unit
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Any
@@ -56,10 +56,18 @@ class Budget:
     def from_mapping(cls, data: Mapping[str, Any], *, where: str) -> Budget:
         """Validate keys and values (``schemas/config.schema.json#/$defs/budget``).
 
+        Each distinct set of values is validated once per process (a suite repeats the same few
+        markers thousands of times); an empty mapping is the empty budget.
+
         Raises:
             ConfigError: naming the bad key, where it came from, and the accepted keys.
         """
-        problems = schema_problems({"defaults": dict(data)}, None, "config.schema.json")
+        if not data:
+            return cls()
+        try:
+            problems = _problems(tuple(sorted((str(k), _freeze(v)) for k, v in data.items())))
+        except TypeError:  # an unhashable value: validate it afresh
+            problems = _schema_problems(data)
         if problems:
             why = problems[0][1].replace("defaults.", "", 1)
             raise ConfigError(
@@ -103,24 +111,62 @@ class Budget:
         return True if self.fail_on_prefix_change is None else self.fail_on_prefix_change
 
 
+def _freeze(value: Any) -> Hashable:
+    """A hashable stand-in for a marker value that keeps its JSON type (``True`` is not ``1``)."""
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_freeze(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _freeze(v)) for k, v in value.items())))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def _schema_problems(data: Mapping[str, Any]) -> tuple[tuple[Any, str], ...]:
+    return tuple(schema_problems({"defaults": dict(data)}, None, "config.schema.json"))
+
+
+_VALIDATED: dict[Hashable, tuple[tuple[Any, str], ...]] = {}
+
+
+def _problems(key: tuple[tuple[str, Hashable], ...]) -> tuple[tuple[Any, str], ...]:
+    found = _VALIDATED.get(key)
+    if found is None:
+        data = {name: _thaw(frozen) for name, frozen in key}
+        found = _VALIDATED[key] = _schema_problems(data)
+    return found
+
+
+def _thaw(frozen: Any) -> Any:
+    kind, value = frozen
+    if kind in ("list", "tuple"):
+        return [_thaw(v) for v in value]
+    if kind == "dict":
+        return {k: _thaw(v) for k, v in value}
+    return value
+
+
 def check_budget(
     budget: Budget,
     *,
     turns: int,
-    input_tokens: int,
+    total_input_tokens: int,
     output_tokens: int,
     cost_usd: Decimal | None,
     cache_hit_rate: float,
     prefix_breaks: Sequence[str],
     estimated: bool = False,
 ) -> list[str]:
-    """The budget's breaches, one line each (empty when within budget)."""
+    """The budget's breaches, one line each (empty when within budget).
+
+    ``total_input_tokens`` is every input token (uncached + cache writes + cache reads), the
+    quantity ``max_input_tokens`` limits.
+    """
     breaches: list[str] = []
     mark = " (estimated)" if estimated else ""
     if budget.max_turns is not None and turns > budget.max_turns:
         breaches.append(f"{turns} turns, budget {budget.max_turns}")
-    if budget.max_input_tokens is not None and input_tokens > budget.max_input_tokens:
-        breaches.append(f"{input_tokens:,} input tokens{mark}, budget {budget.max_input_tokens:,}")
+    if budget.max_input_tokens is not None and total_input_tokens > budget.max_input_tokens:
+        breaches.append(f"{total_input_tokens:,} input tokens{mark}, budget {budget.max_input_tokens:,}")
     if budget.max_output_tokens is not None and output_tokens > budget.max_output_tokens:
         breaches.append(f"{output_tokens:,} output tokens, budget {budget.max_output_tokens:,}")
     if budget.max_cost_usd is not None:

@@ -15,9 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._settings import add_cli_options
 from .cassette import iter_cassette_files, load_cassette
 from .errors import TokenBudgetError
-from .ledger import Ledger, turns_from
+from .ledger import turns_from
+from .pricing import Pricer
+from .reports import ReportError, TestEntry, build_entry, build_report, render_text, report_json
 
 __all__ = ["main"]
 
@@ -35,55 +38,41 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="report tokens and cost of cassettes (files or folders)")
     report.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="cassette files or folders of them")
     report.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
-    report.add_argument(
-        "--prices",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a price override file (repeatable; later files win)",
-    )
-    report.add_argument(
-        "--price-at",
-        choices=["now", "recorded"],
-        default="now",
-        help="price at today's prices (default) or at each turn's recorded time",
-    )
+    add_cli_options(report)
     report.add_argument("-v", "--verbose", action="store_true", help="add each cassette's per-turn table")
     return parser
 
 
-def _read(paths: Sequence[Path]) -> tuple[list[tuple[str, str | None, Ledger]], list[tuple[str, str]]]:
-    entries: list[tuple[str, str | None, Ledger]] = []
-    errors: list[tuple[str, str]] = []
+def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[ReportError]]:
+    """Each cassette's entry, priced; what could not be read, with the reason."""
+    entries: list[TestEntry] = []
+    errors: list[ReportError] = []
     for path in iter_cassette_files(paths):
         name = _relative(path)
         try:
             ledger = turns_from(load_cassette(path).interactions, source=name)
         except FileNotFoundError:
-            errors.append((name, f"tokenbudget: no such file: {name}"))
+            errors.append(ReportError(name, f"tokenbudget: no such file: {name}"))
             continue
         except TokenBudgetError as error:
-            errors.append((name, error.render()))
+            errors.append(ReportError(name, error.render()))
             continue
-        entries.append((name, name, ledger))
+        entries.append(build_entry(name, name, ledger, pricer))
     return entries, errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
-    from .pricing import Pricer
-    from .report import ReportError, build_report, render_text
-
     try:
         pricer = Pricer(override_files=args.prices, timestamp_policy=args.price_at)
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return 2
-    entries, unreadable = _read(args.paths)
-    report = build_report(entries, pricer, [ReportError(path, reason) for path, reason in unreadable])
+    entries, unreadable = _read(args.paths, pricer)
+    report = build_report(entries, pricer.source.as_dict(), unreadable)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
+        json.dump(report_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         lines = render_text(report, verbose=args.verbose)

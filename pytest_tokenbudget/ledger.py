@@ -16,20 +16,16 @@ overwrite, never add). Unlike the SDK, unknown fields of a ``message_delta`` usa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cassette import Body, Interaction
 from .errors import CassetteError
 
-if TYPE_CHECKING:
-    from .analysis import CacheAnalysis
-
-__all__ = ["Exchange", "Ledger", "LiveLedger", "Totals", "Turn", "parse_sse", "turns_from"]
+__all__ = ["Exchange", "Ledger", "TokenCounts", "Totals", "Turn", "parse_sse", "token_counts", "turns_from"]
 
 _DELTA_OVERWRITES = (
     "input_tokens",
@@ -44,13 +40,75 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _dig(usage: Mapping[str, Any], *path: str) -> Any:
+    value: Any = usage
+    for part in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """The billed quantities of one usage object, each counted once.
+
+    Attributes:
+        uncached_input_tokens: input after the last cache breakpoint (the API's ``input_tokens``).
+        cache_write_5m_tokens: tokens written to the cache with a 5-minute TTL.
+        cache_write_1h_tokens: tokens written with a 1-hour TTL.
+        cache_read_tokens: tokens read from the cache.
+        output_tokens: output tokens, thinking included.
+        web_search_requests: server-side web searches (``server_tool_use.web_search_requests``).
+    """
+
+    uncached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    output_tokens: int = 0
+    web_search_requests: int = 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        """Tokens written to the cache, both TTLs."""
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Every input token: uncached + cache writes + cache reads."""
+        return self.uncached_input_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
+    """The billed quantities of an API ``usage`` object (a missing or non-integer count is 0).
+
+    The TTL split: ``cache_creation.ephemeral_1h_input_tokens`` (capped at the total written) are
+    1-hour writes; everything else written is 5-minute writes. In server-tool streams the final
+    ``cache_creation_input_tokens`` can exceed the ``message_start`` breakdown; the excess is
+    5-minute writes, since the API's own breakpoint after a server tool result is a 5-minute one.
+    Negative counts are kept as they are, for the pricer to reject.
+    """
+    written = _int(usage.get("cache_creation_input_tokens"))
+    one_hour = min(_int(_dig(usage, "cache_creation", "ephemeral_1h_input_tokens")), written)
+    return TokenCounts(
+        uncached_input_tokens=_int(usage.get("input_tokens")),
+        cache_write_5m_tokens=written - one_hour,
+        cache_write_1h_tokens=one_hour,
+        cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
+        output_tokens=_int(usage.get("output_tokens")),
+        web_search_requests=_int(_dig(usage, "server_tool_use", "web_search_requests")),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Token sums over turns.
 
     Attributes:
         turns: number of turns.
-        input_tokens: uncached input (the API's ``input_tokens``).
+        input_tokens: uncached input (the API's ``input_tokens``); also
+            :attr:`uncached_input_tokens`, the name the report and budgets use.
         cache_creation_input_tokens: tokens written to the cache, both TTLs.
         cache_write_5m_tokens: tokens written with a 5-minute TTL.
         cache_write_1h_tokens: tokens written with a 1-hour TTL.
@@ -65,6 +123,11 @@ class Totals:
     cache_write_1h_tokens: int = 0
     cache_read_input_tokens: int = 0
     output_tokens: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input after the last cache breakpoint (the same count as :attr:`input_tokens`)."""
+        return self.input_tokens
 
     @property
     def total_input_tokens(self) -> int:
@@ -148,6 +211,9 @@ class Turn:
         stop_reason: the message's ``stop_reason``.
         incomplete: the stream ended with an ``error`` event; usage is what had arrived.
         request: the request body (for a batch turn, that request's ``params``).
+        estimate_method: how :attr:`usage` was estimated, when the request changed since it was
+            recorded (``None``: the usage is what the API reported).
+        recorded_usage: the recorded usage an estimate replaced.
     """
 
     index: int
@@ -175,8 +241,18 @@ class Turn:
         return self.estimate_method is not None
 
     @property
+    def counts(self) -> TokenCounts:
+        """The billed quantities of :attr:`usage`."""
+        return token_counts(self.usage)
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input tokens after the last cache breakpoint (billed at the base input price)."""
+        return _int(self.usage.get("input_tokens"))
+
+    @property
     def input_tokens(self) -> int:
-        """Uncached input tokens (after the last cache breakpoint)."""
+        """Alias of :attr:`uncached_input_tokens`, the API's own name for it (not all input)."""
         return _int(self.usage.get("input_tokens"))
 
     @property
@@ -187,20 +263,12 @@ class Turn:
     @property
     def cache_write_1h_tokens(self) -> int:
         """Tokens written with a 1-hour TTL."""
-        breakdown = self.usage.get("cache_creation")
-        if isinstance(breakdown, Mapping):
-            return min(_int(breakdown.get("ephemeral_1h_input_tokens")), self.cache_creation_input_tokens)
-        return 0
+        return self.counts.cache_write_1h_tokens
 
     @property
     def cache_write_5m_tokens(self) -> int:
-        """Tokens written with a 5-minute TTL.
-
-        Everything written that the breakdown does not put at 1 h: in server-tool streams the
-        final total can exceed the ``message_start`` breakdown, and the excess is 5-minute writes
-        (facts section 1).
-        """
-        return self.cache_creation_input_tokens - self.cache_write_1h_tokens
+        """Tokens written with a 5-minute TTL (see :func:`token_counts` for the split)."""
+        return self.counts.cache_write_5m_tokens
 
     @property
     def cache_read_input_tokens(self) -> int:
@@ -243,22 +311,25 @@ class Turn:
 
     def totals(self) -> Totals:
         """This turn as :class:`Totals`."""
+        counts = self.counts
         return Totals(
             1,
-            self.input_tokens,
-            self.cache_creation_input_tokens,
-            self.cache_write_5m_tokens,
-            self.cache_write_1h_tokens,
-            self.cache_read_input_tokens,
-            self.output_tokens,
+            counts.uncached_input_tokens,
+            counts.cache_write_tokens,
+            counts.cache_write_5m_tokens,
+            counts.cache_write_1h_tokens,
+            counts.cache_read_tokens,
+            counts.output_tokens,
         )
 
 
 class Ledger:
-    """The turns of one test (or one cassette), in order.
+    """The turns of one test (or one cassette), in order: data only.
 
     ``ledger.turns`` lists them; ``ledger.totals()`` sums them; ``ledger.by_model()`` sums them
-    per model; ``ledger.cache_hit_rate`` is cache reads over all input tokens.
+    per model; ``ledger.cache_hit_rate`` is cache reads over all input tokens. The cache analysis
+    is :func:`pytest_tokenbudget.analysis.analyze`; the ``token_ledger`` fixture's assertions are
+    :class:`pytest_tokenbudget.assertions.TokenLedger`.
     """
 
     def __init__(self, turns: Sequence[Turn] = (), exchanges: Sequence[Exchange] = (), source: str = "") -> None:
@@ -311,116 +382,10 @@ class Ledger:
         """Cache reads over all input tokens of all turns (0 when there is no input)."""
         return self.totals().cache_hit_rate
 
-    def with_estimates(self, analysis: CacheAnalysis) -> Ledger:
-        """This ledger with the usage of changed turns replaced by the analysis' estimates."""
-        from dataclasses import replace
-
-        turns = list(self.turns)
-        for result in analysis.turns:
-            if result.estimated_usage is not None:
-                turn = turns[result.turn]
-                usage = {**turn.usage, **result.estimated_usage}
-                turns[result.turn] = replace(
-                    turn, usage=usage, estimate_method=result.estimate_method, recorded_usage=turn.usage
-                )
-        return Ledger(turns, self.exchanges, self.source)
-
-    def cache_analysis(self) -> CacheAnalysis:
-        """Verdicts, fingerprints and predictions per turn (see :mod:`pytest_tokenbudget.analysis`)."""
-        from .analysis import analyze
-
-        return analyze(self.turns)
-
-    def assert_prefix_stable(self) -> None:
-        """Fail unless every turn's prompt prefix extends the previous turn's (same model).
-
-        Raises:
-            AssertionError: naming each break (turn, level, JSON path, offset, excerpts) and
-                listing the verdict of every turn.
-        """
-        analysis = self.cache_analysis()
-        if analysis.prefix_stable:
-            return
-        lines = ["prompt prefix is not byte-stable:"]
-        lines.extend(f"  {d.describe()}" for d in analysis.divergences)
-        lines.append("verdicts:")
-        lines.extend(f"  {line}" for line in analysis.verdict_lines())
-        raise AssertionError("\n".join(lines))
-
-    def assert_budget(self, **limits: Any) -> None:
-        """Fail when the turns so far break any of these limits (the marker's keywords).
-
-        Accepts ``max_cost_usd``, ``max_input_tokens`` (all input: uncached + cache writes +
-        reads), ``max_output_tokens``, ``max_turns``, ``min_cache_hit_rate``, ``prefix_stable``.
-        Costs use genai-prices at today's prices.
-
-        Raises:
-            AssertionError: listing each breach and every turn's verdict.
-            ConfigError: an unknown keyword or a bad value.
-        """
-        from .budgets import Budget, check_budget
-
-        budget = Budget.from_mapping(limits, where="token_ledger.assert_budget()")
-        totals = self.totals()
-        cost = None
-        if budget.max_cost_usd is not None:
-            from .pricing import Pricer
-
-            pricer = Pricer()
-            cost = sum((pricer.price(turn).cost_usd for turn in self.turns), Decimal(0))
-        analysis = self.cache_analysis() if budget.prefix_stable or budget.min_cache_hit_rate is not None else None
-        breaches = check_budget(
-            budget,
-            turns=totals.turns,
-            input_tokens=totals.total_input_tokens,
-            output_tokens=totals.output_tokens,
-            cost_usd=cost,
-            cache_hit_rate=totals.cache_hit_rate,
-            prefix_breaks=[d.describe() for d in analysis.divergences] if analysis else [],
-        )
-        if breaches:
-            lines = ["over the token budget:", *(f"  {b}" for b in breaches)]
-            if analysis is not None:
-                lines.extend(["verdicts:", *(f"  {line}" for line in analysis.verdict_lines())])
-            raise AssertionError("\n".join(lines))
-
-    def assert_cache_hit_rate(self, min: float) -> None:
-        """Fail when the cache hit rate (reads over all input tokens) is below ``min`` (0-1).
-
-        Raises:
-            AssertionError: with the rate, the budget and every turn's verdict.
-        """
-        rate = self.cache_hit_rate
-        if rate >= min:
-            return
-        lines = [f"cache hit rate {rate:.1%} is below {min:.1%}"]
-        lines.extend(f"  {line}" for line in self.cache_analysis().verdict_lines())
-        raise AssertionError("\n".join(lines))
-
-
-class LiveLedger(Ledger):
-    """A ledger that reads its turns afresh on each access: the ``token_ledger`` fixture.
-
-    It always reflects every exchange the test has made so far.
-    """
-
-    def __init__(self, source: Callable[[], Ledger]) -> None:
-        self._source = source
-        self.source = ""
-
     @property
-    def turns(self) -> list[Turn]:
-        """The turns so far."""
-        return self._source().turns
-
-    @property
-    def exchanges(self) -> list[Exchange]:
-        """Every exchange so far, billed or not."""
-        return self._source().exchanges
-
-    def snapshot(self) -> Ledger:
-        """A frozen copy of the ledger as it is now."""
-        return self._source()
+    def has_requests(self) -> bool:
+        """Whether every turn carries its request body (needed for the cache analysis)."""
+        return bool(self.turns) and all(isinstance(turn.request, Mapping) for turn in self.turns)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ One :class:`Pricer` prices every turn of a run the same way and says how in :att
 total in USD (a ``Decimal``, never a float), its split into :data:`COMPONENTS`, and notes on
 every rule applied or unsure.
 
-Rules, per turn (sources: ``shared/anthropic-facts.md`` sections 1, 6, 10, 11):
+Rules, per turn (sources: Anthropic's pricing and prompt-caching docs, genai-prices' ``Usage``):
 
 - Tokens. Anthropic's ``input_tokens`` is only the uncached input; genai-prices wants the total
   (uncached + cache writes + cache reads) with cache reads and writes as parts of it, and the
@@ -66,6 +66,7 @@ prices are named in the notes of the turns that use them.
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -80,7 +81,7 @@ from genai_prices.types import ModelInfo, PriceCalculation, StartDateConstraint,
 
 from ._validate import json_path, line_of, load_yaml
 from .errors import ConfigError, PriceError
-from .ledger import Turn
+from .ledger import TokenCounts, Turn, token_counts
 
 __all__ = [
     "COMPONENTS",
@@ -104,7 +105,15 @@ UNATTRIBUTED = "unattributed"
 DEFAULT_PRICE_FILE = "tokenbudget-prices.yaml"
 """The override file name suggested in error messages."""
 
-TIMESTAMP_POLICIES = ("now", "recorded")
+
+class PriceAt(enum.StrEnum):
+    """When a turn is priced: at one fixed instant for the run, or at its recording time."""
+
+    NOW = "now"
+    RECORDED = "recorded"
+
+
+TIMESTAMP_POLICIES = tuple(policy.value for policy in PriceAt)
 
 _FLAG = "--token-budget-prices"
 _INI = "token_budget_prices"
@@ -124,7 +133,7 @@ _GENAI_PRICE_KEYS: dict[str, tuple[str, ...]] = {
     "web_search": ("web_searches_kcount",),
 }
 
-# Anthropic's documented multipliers (docs pricing; facts sections 2, 6, 10). They are rules,
+# Anthropic's documented multipliers (docs: Pricing, Prompt caching, Batch processing). They are rules,
 # not a price table: overrides default to them, and the notes say when they did.
 _DEFAULT_CACHE_FACTORS = {
     "cache_write_5m_mtok": Decimal("1.25"),
@@ -380,43 +389,29 @@ def _override(where: str, name: str, entry: Mapping[str, Any], line: int | None)
 # usage
 
 
-@dataclass(frozen=True, slots=True)
-class _Counts:
-    """A turn's billed quantities: tokens, and web searches."""
+def _by_component(counts: TokenCounts) -> dict[str, int]:
+    return {
+        "input": counts.uncached_input_tokens,
+        "cache_write_5m": counts.cache_write_5m_tokens,
+        "cache_write_1h": counts.cache_write_1h_tokens,
+        "cache_read": counts.cache_read_tokens,
+        "output": counts.output_tokens,
+        "web_search": counts.web_search_requests,
+    }
 
-    uncached: int
-    write_5m: int
-    write_1h: int
-    read: int
-    output: int
-    web_searches: int
 
-    @property
-    def total_input(self) -> int:
-        return self.uncached + self.write_5m + self.write_1h + self.read
-
-    def by_component(self) -> dict[str, int]:
-        return {
-            "input": self.uncached,
-            "cache_write_5m": self.write_5m,
-            "cache_write_1h": self.write_1h,
-            "cache_read": self.read,
-            "output": self.output,
-            "web_search": self.web_searches,
-        }
-
-    def genai_usage(self) -> genai_prices.Usage:
-        # genai-prices' input_tokens is the TOTAL input; cache reads/writes are parts of it and
-        # the 1-hour writes are part of the writes (facts section 10).
-        return genai_prices.Usage(
-            input_tokens=self.total_input,
-            cache_write_tokens=self.write_5m + self.write_1h,
-            cache_write_5m_tokens=self.write_5m,
-            cache_write_1h_tokens=self.write_1h,
-            cache_read_tokens=self.read,
-            output_tokens=self.output,
-            web_searches=self.web_searches,
-        )
+def _genai_usage(counts: TokenCounts) -> genai_prices.Usage:
+    # genai-prices' input_tokens is the TOTAL input: cache reads and writes are parts of it, and
+    # the 1-hour writes are part of the writes (genai-prices' Usage docstring).
+    return genai_prices.Usage(
+        input_tokens=counts.total_input_tokens,
+        cache_write_tokens=counts.cache_write_tokens,
+        cache_write_5m_tokens=counts.cache_write_5m_tokens,
+        cache_write_1h_tokens=counts.cache_write_1h_tokens,
+        cache_read_tokens=counts.cache_read_tokens,
+        output_tokens=counts.output_tokens,
+        web_searches=counts.web_search_requests,
+    )
 
 
 def _dig(usage: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -428,30 +423,18 @@ def _dig(usage: Mapping[str, Any], path: Sequence[str]) -> Any:
     return value
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _counts(model: str, usage: Mapping[str, Any], test: str | None) -> _Counts:
+def _checked_counts(model: str, usage: Mapping[str, Any], test: str | None) -> TokenCounts:
+    """The usage's counts (:func:`~pytest_tokenbudget.ledger.token_counts`), refusing negative ones."""
     for path in _COUNT_PATHS:
-        value = _count(_dig(usage, path))
-        if value < 0:
+        value = _dig(usage, path)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise PriceError(
                 "usage cannot be priced",
                 test=test,
                 why=f"model {model!r}: usage.{'.'.join(path)} is {value}",
                 fix="re-record the turn (a usage count cannot be negative)",
             )
-    # Turn holds the rules for the TTL split (the excess over the breakdown is 5-minute writes).
-    turn = Turn(index=0, exchange=0, endpoint="messages", model=model, requested_model=None, stream=False, usage=usage)
-    return _Counts(
-        uncached=turn.input_tokens,
-        write_5m=turn.cache_write_5m_tokens,
-        write_1h=turn.cache_write_1h_tokens,
-        read=turn.cache_read_input_tokens,
-        output=turn.output_tokens,
-        web_searches=_count(_dig(usage, ("server_tool_use", "web_search_requests"))),
-    )
+    return token_counts(usage)
 
 
 def _model_version(model: str) -> tuple[int, int] | None:
@@ -589,7 +572,7 @@ class Pricer:
             PriceError: no price for the model, or a usage count is negative.
         """
         at = _utc(at) if at is not None else self._now
-        counts = _counts(model, usage, test)
+        counts = _checked_counts(model, usage, test)
         tier = usage.get("service_tier")
         batch = batch or tier == "batch"
         fast = usage.get("speed") == "fast"
@@ -601,7 +584,7 @@ class Pricer:
         calc: PriceCalculation | None
         try:
             calc = genai_prices.calc_price(
-                counts.genai_usage(),
+                _genai_usage(counts),
                 model,
                 provider_id=_PROVIDER,
                 genai_request_timestamp=at,
@@ -648,7 +631,7 @@ class Pricer:
         return self._prefixes[max(prefixes, key=len)] if prefixes else None
 
     def _price_genai(
-        self, calc: PriceCalculation, counts: _Counts, at: datetime, *, batch: bool, fast: bool
+        self, calc: PriceCalculation, counts: TokenCounts, at: datetime, *, batch: bool, fast: bool
     ) -> _Priced:
         model = calc.model
         notes: list[str] = []
@@ -660,12 +643,12 @@ class Pricer:
         if tier_start is not None:
             notes.append(
                 f"long context tier above {tier_start:,} input tokens "
-                f"({counts.total_input:,} input tokens: every token at the tier rate)"
+                f"({counts.total_input_tokens:,} input tokens: every token at the tier rate)"
             )
-        if counts.web_searches and getattr(calc.model_price, "web_searches_kcount", None) is None:
+        if counts.web_search_requests and getattr(calc.model_price, "web_searches_kcount", None) is None:
             notes.append(
                 f"web search: genai-prices has no web search price for {model.id}; "
-                f"{counts.web_searches} searches priced $0 (UNSURE)"
+                f"{counts.web_search_requests} searches priced $0 (UNSURE)"
             )
         difference = calc.total_price - sum(amounts.values(), Decimal(0))
         if difference:
@@ -678,7 +661,7 @@ class Pricer:
         return _Priced(amounts, model.id, "genai-prices", notes, None, model.id)
 
     def _price_override(
-        self, override: PriceOverride, model: str, counts: _Counts, *, batch: bool, fast: bool
+        self, override: PriceOverride, model: str, counts: TokenCounts, *, batch: bool, fast: bool
     ) -> _Priced:
         notes = [
             f"override {override.pattern!r} from {override.file}"
@@ -701,12 +684,12 @@ class Pricer:
                 factor *= override.fast_multiplier
                 notes.append(f"fast mode: {_factor(override.fast_multiplier)} on token prices")
         rates = override.rates()
-        used = counts.by_component()
+        used = _by_component(counts)
         for key, multiple in _DEFAULT_CACHE_FACTORS.items():
             component = key.removesuffix("_mtok")
             if key in override.defaulted and used[component]:
                 notes.append(f"{component}: override sets no {key}; default {_factor(multiple)} input_mtok")
-        if "web_search_per_1000" in override.defaulted and counts.web_searches:
+        if "web_search_per_1000" in override.defaulted and counts.web_search_requests:
             notes.append(f"web_search: override sets no web_search_per_1000; default ${_DEFAULT_WEB_SEARCH_PER_1000}")
         amounts = {
             name: rates[name] * (factor if name in _TOKEN_COMPONENTS else 1) * used[name] / _PER_UNIT[name]
@@ -755,9 +738,9 @@ def _tier_rate(price: Decimal | TieredPrices, total_input: int) -> tuple[Decimal
     return price, None
 
 
-def _genai_amounts(calc: PriceCalculation, counts: _Counts) -> tuple[dict[str, Decimal], int | None]:
+def _genai_amounts(calc: PriceCalculation, counts: TokenCounts) -> tuple[dict[str, Decimal], int | None]:
     """USD per component from the matched genai-prices price, and the tier start if one applied."""
-    used = counts.by_component()
+    used = _by_component(counts)
     amounts: dict[str, Decimal] = {}
     tier_start: int | None = None
     for name in COMPONENTS:
@@ -766,7 +749,7 @@ def _genai_amounts(calc: PriceCalculation, counts: _Counts) -> tuple[dict[str, D
             price = getattr(calc.model_price, key, None)
             if price is None:
                 continue
-            rate, start = _tier_rate(price, counts.total_input)
+            rate, start = _tier_rate(price, counts.total_input_tokens)
             if start is not None:
                 tier_start = start
             amount = rate * Decimal(used[name]) / _PER_UNIT[name]

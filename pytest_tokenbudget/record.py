@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import sys
 import threading
 import time
@@ -35,18 +36,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .cassette import REDACTED, Body, Cassette, Interaction, _decompress, save_cassette
+from .cassette import REDACTED, Body, Cassette, Interaction, _decompress, load_cassette, save_cassette
 from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
 from .ledger import Ledger, turns_from
 from .prefix import Difference, first_difference
 
-__all__ = ["PLACEHOLDER_API_KEY", "Departure", "RecordMode", "Recorder", "secrets_from_environment"]
+__all__ = [
+    "PLACEHOLDER_API_KEY",
+    "Departure",
+    "RecordMode",
+    "Recorder",
+    "cassette_path",
+    "count_tokens_live",
+    "ledger_of_vcr_cassette",
+    "open_recorder",
+    "placeholder_key",
+    "record_command",
+    "replays_only",
+    "secrets_from_environment",
+]
 
 PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 _LOOKAHEAD = 32
 _REDACTED_BYTES = REDACTED.encode("utf-8")
 _RETRYABLE = frozenset({408, 409, 429})
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
 
 
 class RecordMode(enum.StrEnum):
@@ -150,7 +165,8 @@ class Recorder:
 
     It implements the part of ``vcr.cassette.Cassette`` that vcrpy's patchers and stubs call
     (``can_play_response_for``, ``play_response``, ``append``, ``write_protected``,
-    ``filter_request``), with matching of its own. vcrpy is imported only when a test runs.
+    ``filter_request``), with matching of its own; the calls reach it through the process' one
+    :class:`_Dispatcher` while :meth:`patched` is active. vcrpy is imported only when a test runs.
 
     Args:
         path: the cassette file.
@@ -175,9 +191,6 @@ class Recorder:
         record_command: Callable[[str], str] = lambda mode: f"--token-budget-record={mode}",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._path = str(path)
-        self.custom_patches: tuple[Any, ...] = ()
-        self.skip_patchers: tuple[str, ...] = _absent_clients()
         self.cassette_path = Path(path)
         self.test = test
         self.mode = mode
@@ -454,13 +467,97 @@ class Recorder:
 
     @contextmanager
     def patched(self) -> Iterator[Recorder]:
-        """Install vcrpy's patchers with this recorder for the duration of the block."""
-        from vcr.patch import CassettePatcherBuilder
+        """Route the HTTP clients' traffic to this recorder for the duration of the block.
 
-        with ExitStack() as stack:
-            for patcher in CassettePatcherBuilder(self).build():
-                stack.enter_context(patcher)
+        vcrpy's patchers are built once per process (see :class:`_Dispatcher`) and applied for
+        the block; building them anew for every test cost more than the rest of the plugin.
+        """
+        with _DISPATCHER.routing(self):
             yield self
+
+
+class _Dispatcher:
+    """The one cassette object vcrpy's patchers are built with: it hands each call to the recorder
+    of the test that is running, and lets traffic pass untouched when none is.
+
+    Building vcrpy's patchers imports and inspects every HTTP client library (forty patch targets);
+    they are built on first use and applied and removed around each test, as vcrpy's own
+    ``use_cassette`` does. A patcher captures the client method it wraps when it is built: a
+    transport patched by another tool after that (say a session fixture) sees our stub wrap the
+    original; vcrpy's own nested cassettes stack as before.
+    """
+
+    _path = "tokenbudget"
+    custom_patches: tuple[Any, ...] = ()
+
+    def __init__(self) -> None:
+        self.recorder: Recorder | None = None
+        self._patchers: list[Any] | None = None
+        self._depth = 0
+
+    @property
+    def skip_patchers(self) -> tuple[str, ...]:
+        return _absent_clients()
+
+    @contextmanager
+    def routing(self, recorder: Recorder) -> Iterator[None]:
+        if self._patchers is None:
+            from vcr.patch import CassettePatcherBuilder
+
+            self._patchers = list(CassettePatcherBuilder(self).build())
+        previous = self.recorder
+        self.recorder = recorder
+        try:
+            if self._depth:
+                # Nested (a pytester session inside a test): the patches are already in place,
+                # and a patcher cannot be entered twice at once.
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with ExitStack() as stack:
+                for patcher in self._patchers:
+                    stack.enter_context(patcher)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+        finally:
+            self.recorder = previous
+
+    # vcrpy's cassette API, forwarded
+    @property
+    def write_protected(self) -> bool:
+        return False
+
+    def filter_request(self, request: Any) -> Any:
+        recorder = self.recorder
+        return recorder.filter_request(request) if recorder is not None else None
+
+    def can_play_response_for(self, request: Any) -> bool:
+        recorder = self.recorder
+        return recorder.can_play_response_for(request) if recorder is not None else False
+
+    def play_response(self, request: Any) -> dict[str, Any]:
+        recorder = self.recorder
+        if recorder is None:  # pragma: no cover - vcrpy asks only after can_play_response_for
+            raise RuntimeError("tokenbudget: no recorder for a recorded response")
+        return recorder.play_response(request)
+
+    def append(self, request: Any, response: Mapping[str, Any]) -> None:
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.append(request, response)
+
+    def find_requests_with_most_matches(self, request: Any) -> list[Any]:
+        recorder = self.recorder
+        return recorder.find_requests_with_most_matches(request) if recorder is not None else []
+
+
+_DISPATCHER = _Dispatcher()
 
 
 def _compare(recorded: Body, body: bytes) -> tuple[Difference | None, bool]:
@@ -477,3 +574,122 @@ def _compare(recorded: Body, body: bytes) -> tuple[Difference | None, bool]:
 def _byte_offset(old: bytes, new: bytes) -> int:
     limit = min(len(old), len(new))
     return next((i for i in range(limit) if old[i] != new[i]), limit)
+
+
+# --------------------------------------------------------------------------------------------
+# one test's recorder
+
+
+def cassette_path(cassette_dir: Path, module: Path, test_name: str, class_name: str | None = None) -> Path:
+    """``<cassette_dir>/<module stem>/<Class.>test_name.yaml``, with unsafe characters replaced."""
+    name = f"{class_name}.{test_name}" if class_name else test_name
+    return cassette_dir / module.stem / (_UNSAFE.sub("_", name) + ".yaml")
+
+
+def record_command(nodeid: str, mode: str) -> str:
+    """The command that re-runs one test in a record mode."""
+    return f"pytest {shlex.quote(nodeid)} --token-budget-record={mode}"
+
+
+def open_recorder(
+    path: Path, *, test: str, mode: RecordMode, continue_on_mismatch: bool, allow_unused: bool
+) -> Recorder:
+    """A recorder for one test, its cassette loaded when it exists (and is not re-recorded).
+
+    Args:
+        path: the cassette file.
+        test: the test's node id.
+        mode: the record mode.
+        continue_on_mismatch: a request that departs from its recording is replayed anyway and
+            noted (``--token-budget`` judges it); otherwise it fails the test.
+        allow_unused: do not fail a test that leaves recordings unplayed.
+
+    Raises:
+        CassetteError: the cassette exists but cannot be read.
+    """
+    loaded: Cassette | None = None
+    if mode is not RecordMode.ALL and path.exists():
+        loaded = load_cassette(path)
+    return Recorder(
+        path,
+        test=test,
+        mode=mode,
+        loaded=loaded,
+        on_mismatch="continue" if continue_on_mismatch else "fail",
+        allow_unused=allow_unused,
+        record_command=lambda record_mode: record_command(test, record_mode),
+    )
+
+
+def replays_only(recorder: Recorder) -> bool:
+    """Whether this test can only replay (so a placeholder key is safe and needed)."""
+    return recorder.mode is RecordMode.NONE or (recorder.mode is RecordMode.ONCE and recorder.loaded is not None)
+
+
+@contextmanager
+def placeholder_key(needed: bool) -> Iterator[None]:
+    """Set ``ANTHROPIC_API_KEY`` to a placeholder for the block when it is unset and ``needed``.
+
+    The SDK refuses to build a request without some credential, even in replay; the placeholder
+    never reaches a cassette (nothing is recorded in replay, and headers are not stored).
+    """
+    if not needed or os.environ.get("ANTHROPIC_API_KEY"):
+        yield
+        return
+    os.environ["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
+    try:
+        yield
+    finally:
+        if os.environ.get("ANTHROPIC_API_KEY") == PLACEHOLDER_API_KEY:
+            del os.environ["ANTHROPIC_API_KEY"]
+
+
+_COUNT_FIELDS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "cache_control",
+    "speed",
+    "output_config",
+)
+
+
+def count_tokens_live(recorder: Recorder, requests: Mapping[int, Mapping[str, Any]]) -> dict[int, int]:
+    """Exact input tokens of ``requests`` (turn index -> request body) from the count_tokens API.
+
+    Only with a real key: without one (CI) this returns nothing and the analysis estimates from
+    characters. The calls bypass the recorder: they are the plugin's, not the test's, and are
+    never recorded. One failed call (no network, no permission) drops every count, so a run's
+    turns are either all counted or all estimated.
+    """
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if not requests or not key or key == PLACEHOLDER_API_KEY:
+        return {}
+    import anthropic
+
+    counted: dict[int, int] = {}
+    with recorder.bypass():
+        client = anthropic.Anthropic(max_retries=1)
+        for index, request in requests.items():
+            params = {k: v for k, v in request.items() if k in _COUNT_FIELDS}
+            try:
+                counted[index] = client.messages.count_tokens(**params).input_tokens
+            except anthropic.AnthropicError:
+                return {}
+    return counted
+
+
+def ledger_of_vcr_cassette(vcr_cassette: Any) -> Ledger:
+    """The ledger of a pytest-recording (vcrpy) cassette: the interactions played or recorded so far."""
+    from .cassette import _from_vcr_dict
+
+    loaded = getattr(vcr_cassette, "_loaded_count", 0)
+    used = [
+        _from_vcr_dict(request._to_dict(), response, index)
+        for index, (request, response) in enumerate(vcr_cassette.data)
+        if vcr_cassette.play_counts[index] > 0 or index >= loaded
+    ]
+    return turns_from(used, source=str(vcr_cassette._path))

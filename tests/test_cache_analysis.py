@@ -234,13 +234,14 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "real-cassettes"
 @pytest.mark.skipif(not REAL.is_dir(), reason="the real recordings (../shared/real-cassettes) are not here")
 def test_verdicts_on_real_recordings_match_what_the_api_reported() -> None:
     """On every turn of every real recording, the predicted cache reads and writes equal the recorded ones."""
+    from pytest_tokenbudget.analysis import analyze
     from pytest_tokenbudget.cassette import iter_cassette_files, load_cassette
     from pytest_tokenbudget.ledger import turns_from
 
     verdicts: Counter[str] = Counter()
     exact = estimated = 0
     for path in iter_cassette_files([REAL]):
-        for result in turns_from(load_cassette(path).interactions).cache_analysis().turns:
+        for result in analyze(turns_from(load_cassette(path).interactions)).turns:
             verdicts[result.verdict] += 1
             assert result.matches_recording, (path.name, result)
             if result.breakpoints:
@@ -254,6 +255,6 @@ def test_verdicts_on_real_recordings_match_what_the_api_reported() -> None:
         REAL / "openllmetry/packages/opentelemetry-instrumentation-anthropic/tests/cassettes/test_prompt_caching"
     )
     for path in iter_cassette_files([prompt_caching]):
-        results = turns_from(load_cassette(path).interactions).cache_analysis().turns
+        results = analyze(turns_from(load_cassette(path).interactions)).turns
         assert [r.verdict for r in results] == ["write", "hit"], path.name
         assert results[1].predicted_read == results[1].recorded_read == results[0].recorded_write

@@ -17,7 +17,7 @@ import pytest
 from conftest import read_json
 
 from pytest_tokenbudget.cli import main as cli_main
-from pytest_tokenbudget.report import validate_report
+from pytest_tokenbudget.reports import validate_report
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 

@@ -1,0 +1,56 @@
+"""Cassettes: reading any vcrpy recording, and writing ours.
+
+Two formats are read:
+
+* **vcrpy** cassettes, as plain vcrpy and pytest-recording write them, YAML or JSON: bodies as
+  text, as YAML ``!!binary`` (base64), as ``base64_string``, gzip/deflate-compressed, or as the
+  old httpx layout (``status_code``/``content``).
+* **pytest-tokenbudget** cassettes (``format: pytest-tokenbudget/1``), written by this plugin.
+  JSON bodies are stored parsed, so a prompt reads as YAML and a change shows as a small diff. A
+  request that extends an earlier one (an agent turn re-sends the transcript and adds to it) is
+  stored as ``extends: N`` plus the few operations that turn request N into this one, so a
+  cassette grows with the transcript, not with its square. Every stored body is checked to
+  rebuild byte for byte when written; one that would not is stored verbatim.
+
+:data:`vcr_serializer` exposes the format through vcrpy's serializer interface, and
+:class:`TokenBudgetPersister` through its persister interface (atomic writes; a corrupt file is
+an error, never an empty cassette).
+
+The modules: ``_model`` (bodies, interactions, cassettes, and how stored bodies are rebuilt),
+``_read`` (both formats in), ``_write`` (our format out), ``_vcr`` (the vcrpy interfaces). Import
+from this package, not from them.
+"""
+
+from __future__ import annotations
+
+from ._model import FORMAT, Body, Cassette, Interaction, endpoint_of
+from ._read import load_cassette, parse_cassette
+from ._vcr import TokenBudgetPersister, vcr_serializer
+from ._write import dump_cassette, save_cassette
+
+# isort: split
+# Public names that are not part of ``__all__``.
+from ._model import apply_ops as apply_ops
+from ._read import iter_cassette_files as iter_cassette_files
+from ._write import REDACTED as REDACTED
+from ._write import diff_ops as diff_ops
+
+# isort: split
+# Private names, imported here for the package's own modules and its tests.
+from ._model import _Encoder as _Encoder
+from ._read import _decompress as _decompress
+from ._vcr import _from_vcr_dict as _from_vcr_dict
+
+__all__ = [
+    "FORMAT",
+    "Body",
+    "Cassette",
+    "Interaction",
+    "TokenBudgetPersister",
+    "dump_cassette",
+    "endpoint_of",
+    "load_cassette",
+    "parse_cassette",
+    "save_cassette",
+    "vcr_serializer",
+]

@@ -1,0 +1,423 @@
+"""Reading cassettes of either format.
+
+* **vcrpy** cassettes (plain vcrpy, pytest-recording, pydantic-ai's ``parsed_body``), YAML or
+  JSON: bodies as text, YAML ``!!binary``, ``base64_string`` or parsed JSON, gzip/deflate (or,
+  with ``brotli`` installed, br) compressed, or in vcrpy's old httpx layout
+  (``status_code``/``content``).
+* **pytest-tokenbudget** cassettes (``format: pytest-tokenbudget/1``): bodies as parsed JSON,
+  text, base64, or ``extends: N`` plus operations on an earlier request's body.
+
+A file that cannot be read is a :class:`~pytest_tokenbudget.errors.CassetteError` naming the
+interaction and what is wrong, never an empty cassette.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import gc
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from ..errors import CassetteError
+from ._model import _STYLES, FORMAT, Body, Cassette, Interaction, _Encoder, apply_ops
+
+
+class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
+    """Safe loader; bodies may hold !!binary (vcrpy's gzip bodies)."""
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block, restoring its previous state after.
+
+    Loading a cassette's YAML builds tens of thousands of containers and no reference cycles: the
+    collector would only rescan them, with full collections of the whole heap more often the
+    longer the run (reference counting still frees everything). ``benchmarks/gc_pause.py``
+    measures it: with pytest, anthropic and vcrpy imported, a 200-turn agent cassette parses in
+    about half the time with the pause, a 25- to 100-turn one in about 10 % less.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def load_cassette(path: Path | str) -> Cassette:
+    """Read a cassette file of either format.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        CassetteError: the file exists but cannot be read; the message names the interaction
+            and what is wrong.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        head = raw[: err.start].decode("utf-8")
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=_in_interaction(head, err.start, head.lstrip()[:1] in ("{", "["))
+            + f"not UTF-8 text at byte {err.start}",
+        ) from None
+    return parse_cassette(text, path)
+
+
+def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
+    """Parse cassette text (YAML or JSON, either format)."""
+    path = Path(path)
+    data = _parse_document(text, path)
+    if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
+        kind = type(data).__name__
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=f"expected a mapping with an 'interactions' list, found {kind}",
+            fix="re-record it, or delete the file if it is not a cassette",
+        )
+    if data.get("format") == FORMAT:
+        return Cassette(path, FORMAT, _read_ours(data["interactions"], path))
+    if isinstance(data.get("format"), str) and str(data["format"]).startswith("pytest-tokenbudget/"):
+        raise CassetteError(
+            "cassette was written by a newer pytest-tokenbudget",
+            file=str(path),
+            why=f"format {data['format']!r}; this version reads {FORMAT!r}",
+            fix="upgrade pytest-tokenbudget",
+        )
+    return Cassette(path, "vcrpy", _read_vcrpy(data["interactions"], path))
+
+
+def _parse_document(text: str, path: Path) -> Any:
+    stripped = text.lstrip()
+    if not stripped:
+        raise CassetteError(
+            "cassette is empty",
+            file=str(path),
+            why="the file has no content (truncated write?)",
+            fix="re-record it, or delete it",
+        )
+    if stripped[0] in "{[":
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            line = getattr(err, "lineno", None)
+            raise CassetteError(
+                "cassette cannot be read",
+                file=f"{path}" + (f", line {line}" if line else ""),
+                why=_in_interaction(text, getattr(err, "pos", None), True) + f"invalid JSON: {err}",
+                fix="re-record it",
+            ) from None
+    try:
+        with _gc_paused():
+            return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CassetteError(
+            "cassette cannot be read",
+            file=f"{path}{where}",
+            why=_in_interaction(text, getattr(mark, "index", None), False)
+            + f"invalid YAML: {problem} (truncated or hand-edited?)",
+            fix="re-record it",
+        ) from None
+    except (ValueError, binascii.Error) as err:
+        raise CassetteError(
+            "cassette cannot be read", file=str(path), why=f"invalid YAML value: {err}", fix="re-record it"
+        ) from None
+
+
+def _in_interaction(text: str, offset: int | None, is_json: bool) -> str:
+    """``"interaction N: "`` for the interaction a syntax error at ``offset`` falls in, else ``""``.
+
+    Interactions are the items of the top-level ``interactions`` list: in YAML (as PyYAML and
+    vcrpy write it) the lines starting with ``- `` at column 0; in JSON the objects opened at
+    depth 2.
+    """
+    if offset is None:
+        return ""
+    head = text[:offset]
+    if not is_json:
+        count = len(re.findall(r"^- ", head, re.MULTILINE))
+    else:
+        count, depth, in_string, escaped = 0, 0, False, False
+        for char in head:
+            if escaped:
+                escaped = False
+            elif in_string:
+                escaped = char == "\\"
+                in_string = char != '"'
+            elif char == '"':
+                in_string = True
+            elif char in "{[":
+                count += char == "{" and depth == 2
+                depth += 1
+            elif char in "}]":
+                depth -= 1
+    return f"interaction {count - 1}: " if count else ""
+
+
+def _fail(path: Path, index: int, why: str) -> CassetteError:
+    return CassetteError(
+        "cassette cannot be read", file=str(path), why=f"interaction {index}: {why}", fix="re-record it"
+    )
+
+
+def _as_mapping(value: Any, path: Path, index: int, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(path, index, f"{what} is missing or not a mapping")
+    return value
+
+
+def _header_values(headers: Any, path: Path, index: int) -> dict[str, list[str]]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, dict):
+        raise _fail(path, index, "headers are not a mapping")
+    out: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        values = value if isinstance(value, list) else [value]
+        out.setdefault(str(name).lower(), []).extend(str(v) for v in values)
+    return out
+
+
+def _to_bytes(value: Any, path: Path, index: int, what: str) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    if isinstance(value, dict | list):
+        # Some serializers store JSON bodies parsed.
+        try:
+            return json.dumps(value).encode("utf-8")
+        except (TypeError, ValueError) as err:  # e.g. bytes inside: a damaged vcrpy body mapping
+            raise _fail(path, index, f"{what} is a mapping that is not JSON ({err})") from None
+    raise _fail(path, index, f"{what} is a {type(value).__name__}, expected text or bytes")
+
+
+def _decompress(raw: bytes, encodings: Sequence[str], path: Path, index: int) -> bytes:
+    for encoding in reversed([e.strip().lower() for v in encodings for e in v.split(",") if e.strip()]):
+        try:
+            if encoding in ("gzip", "x-gzip"):
+                raw = zlib.decompress(raw, zlib.MAX_WBITS | 16)
+            elif encoding == "deflate":
+                try:
+                    raw = zlib.decompress(raw)
+                except zlib.error:
+                    raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+            elif encoding == "br":
+                try:
+                    import brotli  # type: ignore[import-not-found]
+                except ImportError:
+                    raise _fail(
+                        path, index, "response body is brotli-compressed; install 'brotli' to read it"
+                    ) from None
+                raw = brotli.decompress(raw)
+            elif encoding != "identity":
+                raise _fail(path, index, f"unknown content-encoding {encoding!r}")
+        except zlib.error as err:
+            raise _fail(path, index, f"response body is not valid {encoding} data ({err})") from None
+    return raw
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
+    out = []
+    for index, item in enumerate(items):
+        item = _as_mapping(item, path, index, "the interaction")
+        request = _as_mapping(item.get("request"), path, index, "'request'")
+        response = _as_mapping(item.get("response"), path, index, "'response'")
+        if "method" not in request or "uri" not in request:
+            raise _fail(path, index, "request has no 'method' or 'uri'")
+        _check_uri(request["uri"], path, index)
+        request_headers = {k: v[0] for k, v in _header_values(request.get("headers"), path, index).items() if v}
+        request_raw = _to_bytes(
+            _body_value(request.get("body"), path, index, "request body"), path, index, "request body"
+        )
+        if "status_code" in response:  # vcrpy's old httpx layout
+            status, reason = response["status_code"], ""
+            body_value: Any = response.get("content")
+        else:
+            status_value = _as_mapping(response.get("status"), path, index, "response 'status'")
+            status, reason = status_value.get("code"), str(status_value.get("message") or "")
+            body_value = _body_value(response.get("body"), path, index, "response body")
+        if not isinstance(status, int):
+            raise _fail(path, index, f"response status code {status!r} is not a number")
+        response_headers = _header_values(response.get("headers"), path, index)
+        raw = _to_bytes(body_value, path, index, "response body")
+        encodings = response_headers.pop("content-encoding", [])
+        raw = _decompress(raw, encodings, path, index)
+        dates = response_headers.get("date")
+        out.append(
+            Interaction(
+                index=index,
+                method=str(request["method"]).upper(),
+                uri=str(request["uri"]),
+                request_headers=request_headers,
+                request_body=Body(request_raw),
+                status=status,
+                reason=reason,
+                response_headers=response_headers,
+                response_body=Body(raw),
+                recorded_at=_timestamp(item.get("recorded_at")) or (_timestamp(dates[0]) if dates else None),
+            )
+        )
+    return out
+
+
+def _check_uri(uri: Any, path: Path, index: int) -> None:
+    # urlsplit raises ValueError on e.g. an unclosed "[": fail here rather than in the ledger.
+    try:
+        urlsplit(str(uri))
+    except ValueError as err:
+        raise _fail(path, index, f"request 'uri' {str(uri)!r} is not a URL ({err})") from None
+
+
+def _body_value(body: Any, path: Path, index: int, what: str) -> Any:
+    if isinstance(body, dict):
+        if "base64_string" in body:
+            try:
+                return base64.b64decode(str(body["base64_string"]), validate=True)
+            except (binascii.Error, ValueError):
+                raise _fail(path, index, f"{what}: base64_string is not valid base64") from None
+        if "parsed_body" in body:  # pydantic-ai's json_body_serializer
+            return json.dumps(body["parsed_body"]).encode("utf-8")
+        if "string" in body:
+            return body["string"]
+        return body
+    return body
+
+
+# --------------------------------------------------------------------------------------------
+# our format: reading
+
+
+def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
+    out: list[Interaction] = []
+    encoders: dict[str, _Encoder] = {}
+    for index, item in enumerate(items):
+        item = _as_mapping(item, path, index, "the interaction")
+        request = _as_mapping(item.get("request"), path, index, "'request'")
+        response = _as_mapping(item.get("response"), path, index, "'response'")
+        for key in ("method", "uri"):
+            if not isinstance(request.get(key), str):
+                raise _fail(path, index, f"request has no '{key}'")
+        _check_uri(request["uri"], path, index)
+        status = response.get("status")
+        if not isinstance(status, int):
+            raise _fail(path, index, f"response status {status!r} is not a number")
+        request_body = _read_body(request.get("body"), out, path, index, "request", encoders)
+        response_body = _read_body(response.get("body"), out, path, index, "response", None)
+        headers = _header_values(request.get("headers"), path, index)
+        out.append(
+            Interaction(
+                index=index,
+                method=request["method"].upper(),
+                uri=request["uri"],
+                request_headers={k: v[0] for k, v in headers.items() if v},
+                request_body=request_body,
+                status=status,
+                reason=str(response.get("reason") or ""),
+                response_headers=_header_values(response.get("headers"), path, index),
+                response_body=response_body,
+                recorded_at=_timestamp(request.get("recorded_at")),
+            )
+        )
+    return out
+
+
+def _read_body(
+    spec: Any,
+    earlier: Sequence[Interaction],
+    path: Path,
+    index: int,
+    side: str,
+    encoders: dict[str, _Encoder] | None,
+) -> Body:
+    if spec is None:
+        return Body(b"")
+    if not isinstance(spec, dict):
+        raise _fail(path, index, f"{side} body is not a mapping")
+    style = spec.get("encoding", "compact")
+    if style not in _STYLES:
+        raise _fail(path, index, f"{side} body has unknown encoding {style!r}")
+    encoder = encoders.setdefault(style, _Encoder(style)) if encoders is not None else None
+    if "json" in spec:
+        return Body(json_value=spec["json"], style=style, encoder=encoder)
+    if "text" in spec:
+        if not isinstance(spec["text"], str):
+            raise _fail(path, index, f"{side} body 'text' is not text")
+        return Body(spec["text"].encode("utf-8", "surrogatepass"))
+    if "base64" in spec:
+        try:
+            return Body(base64.b64decode(str(spec["base64"]), validate=True))
+        except (binascii.Error, ValueError):
+            raise _fail(path, index, f"{side} body is not valid base64") from None
+    if "extends" in spec:
+        base_index = spec["extends"]
+        if not isinstance(base_index, int) or not 0 <= base_index < len(earlier):
+            raise _fail(path, index, f"{side} body extends interaction {base_index!r}, which does not come before it")
+        try:
+            base = earlier[base_index].request_body.json()
+        except ValueError:
+            raise _fail(path, index, f"{side} body extends interaction {base_index}, whose body is not JSON") from None
+        try:
+            value = apply_ops(base, spec.get("ops") or [])
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise _fail(path, index, f"{side} body: cannot apply its ops to interaction {base_index}: {err}") from None
+        return Body(json_value=value, style=style, encoder=encoder)
+    raise _fail(path, index, f"{side} body has none of json, text, base64, extends")
+
+
+# --------------------------------------------------------------------------------------------
+# cassette files
+
+
+def iter_cassette_files(paths: Iterable[Path | str]) -> Iterator[Path]:
+    """Cassette files under the given files or folders (``.yaml``, ``.yml``, ``.json``), sorted."""
+    for entry in paths:
+        entry = Path(entry)
+        if entry.is_dir():
+            yield from sorted(p for p in entry.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+        else:
+            yield entry

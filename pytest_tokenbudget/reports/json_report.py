@@ -1,0 +1,107 @@
+"""The report as a JSON document, following ``schemas/report.schema.json``.
+
+Its fields are only ever added to, never renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from ..ledger import Totals
+from .model import Report, TestEntry, TurnEntry
+
+__all__ = ["SCHEMA_VERSION", "report_json", "report_schema", "validate_report"]
+
+SCHEMA_VERSION = 1
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The JSON document (see ``schemas/report.schema.json``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "price_source": dict(report.price_source),
+        "totals": _totals_json(report.totals, report.cost_usd),
+        "tests": [_test_json(entry) for entry in report.sorted_tests()],
+        "errors": [
+            {k: v for k, v in (("path", e.path), ("test", e.test), ("reason", e.reason)) if v is not None}
+            for e in report.errors
+        ],
+    }
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _totals_json(totals: Totals, cost: Decimal | None) -> dict[str, Any]:
+    return {
+        "turns": totals.turns,
+        "input_tokens": totals.uncached_input_tokens,
+        "cache_creation_input_tokens": totals.cache_creation_input_tokens,
+        "cache_write_5m_tokens": totals.cache_write_5m_tokens,
+        "cache_write_1h_tokens": totals.cache_write_1h_tokens,
+        "cache_read_input_tokens": totals.cache_read_input_tokens,
+        "output_tokens": totals.output_tokens,
+        "total_input_tokens": totals.total_input_tokens,
+        "cost_usd": _money(cost),
+        "cache_hit_rate": round(totals.cache_hit_rate, 6),
+    }
+
+
+def _turn_json(entry: TurnEntry) -> dict[str, Any]:
+    turn = entry.turn
+    out: dict[str, Any] = {
+        "index": turn.index,
+        "model": turn.model,
+        "endpoint": turn.endpoint,
+        "stream": turn.stream,
+        "usage": dict(turn.usage),
+        "cost_usd": _money(entry.cost.cost_usd) if entry.cost else None,
+        "cost_breakdown": {k: float(v) for k, v in entry.cost.breakdown.items()} if entry.cost else None,
+    }
+    if turn.recorded_at is not None:
+        out["recorded_at"] = datetime.fromtimestamp(turn.recorded_at, UTC).isoformat().replace("+00:00", "Z")
+    if turn.custom_id is not None:
+        out["custom_id"] = turn.custom_id
+    if turn.has_diagnostics:
+        out["diagnostics"] = turn.diagnostics
+    if entry.cost is not None:
+        out["price"] = {"model_ref": entry.cost.model_ref, "source": entry.cost.source, "notes": list(entry.cost.notes)}
+    if entry.cache is not None:
+        out["cache"] = entry.cache.as_dict()
+    return out
+
+
+def _test_json(entry: TestEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": entry.id,
+        "cassette": entry.cassette,
+        "turns": [_turn_json(t) for t in entry.turns],
+        "totals": _totals_json(entry.totals, entry.cost_usd),
+        "by_model": {model: _totals_json(totals, cost) for model, (totals, cost) in entry.by_model().items()},
+    }
+    if entry.errors:
+        out["errors"] = list(entry.errors)
+    return out
+
+
+@cache
+def report_schema() -> dict[str, Any]:
+    """The report's JSON Schema (``pytest_tokenbudget/schemas/report.schema.json``)."""
+    text = resources.files("pytest_tokenbudget").joinpath("schemas/report.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_report(document: Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when a report document does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(document, report_schema(), cls=jsonschema.Draft202012Validator)

@@ -1,0 +1,46 @@
+"""Publishing a report: the JSON and Markdown files, the GitHub job summary, the terminal lines."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .._atomic import write_atomic
+from .json_report import report_json
+from .markdown import render_markdown
+from .model import GateLine, Report
+from .terminal import render_gate, render_text
+
+__all__ = ["publish"]
+
+
+def publish(
+    report: Report,
+    gate: Sequence[GateLine],
+    *,
+    json_path: Path | None = None,
+    markdown_path: Path | None = None,
+    verbose: bool = False,
+) -> list[str]:
+    """Write the report files asked for (atomically) and the job summary; return the terminal lines.
+
+    ``$GITHUB_STEP_SUMMARY``, when set, gets the Markdown appended: GitHub collects the job
+    summary by appending to that file.
+    """
+    if json_path is not None:
+        write_atomic(json_path, json.dumps(report_json(report), indent=2) + "\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    markdown = render_markdown(report, gate=gate) if markdown_path is not None or summary else None
+    if markdown_path is not None and markdown is not None:
+        write_atomic(markdown_path, markdown)
+    if summary and markdown is not None:
+        with Path(summary).open("a", encoding="utf-8") as handle:
+            handle.write(markdown)
+    lines = render_text(report, verbose=verbose)
+    lines.extend(render_gate(gate))
+    for path in (json_path, markdown_path):
+        if path is not None:
+            lines.append(f"wrote {path}")
+    return lines
