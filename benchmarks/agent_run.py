@@ -238,10 +238,17 @@ def tool_call(turn: int) -> tuple[str, dict[str, Any], str]:
         "edit_file": {"path": module, "old_text": _sentence(rng, 6), "new_text": _sentence(rng, 7)},
         "list_directory": {"path": f"services/{rng.choice(_WORDS)}", "depth": 1 + turn % 3},
         "git_log": {"path": module, "max_count": 10 + turn % 20, "patch": turn % 3 == 0},
-        "query_database": {"sql": f"SELECT id, amount FROM {rng.choice(_WORDS)}s WHERE id = $1", "parameters": [turn],
-                           "database": "payments"},
-        "fetch_logs": {"service": "refund-worker", "start": "2026-03-01T00:00:00Z", "end": "2026-03-01T06:00:00Z",
-                       "level": "warning"},
+        "query_database": {
+            "sql": f"SELECT id, amount FROM {rng.choice(_WORDS)}s WHERE id = $1",
+            "parameters": [turn],
+            "database": "payments",
+        },
+        "fetch_logs": {
+            "service": "refund-worker",
+            "start": "2026-03-01T00:00:00Z",
+            "end": "2026-03-01T06:00:00Z",
+            "level": "warning",
+        },
     }
     return name, inputs[name], f"Step {turn + 1}: {_sentence(rng, 10)}"
 
@@ -260,11 +267,19 @@ def tool_result(turn: int, name: str) -> str:
         elif name in ("search_code", "list_directory"):
             line = f"services/{rng.choice(_WORDS)}/{rng.choice(_WORDS)}.py:{rng.randint(1, 900)}: {_sentence(rng, 8)}"
         elif name == "query_database":
-            line = json.dumps({"id": rng.randint(1, 10**9), "amount": f"{rng.randint(0, 99999) / 100:.2f}",
-                               "state": rng.choice(_WORDS), "note": _sentence(rng, 6)})
+            line = json.dumps(
+                {
+                    "id": rng.randint(1, 10**9),
+                    "amount": f"{rng.randint(0, 99999) / 100:.2f}",
+                    "state": rng.choice(_WORDS),
+                    "note": _sentence(rng, 6),
+                }
+            )
         else:
-            line = (f"2026-03-01T0{rng.randint(0, 5)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}Z "
-                    f"{rng.choice(['WARNING', 'ERROR'])} {_sentence(rng, 10)}")
+            line = (
+                f"2026-03-01T0{rng.randint(0, 5)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}Z "
+                f"{rng.choice(['WARNING', 'ERROR'])} {_sentence(rng, 10)}"
+            )
         lines.append(line)
         size += len(line) + 1
     return "\n".join(lines)[:RESULT_BYTES]
@@ -301,10 +316,12 @@ def run_agent(client: anthropic.Anthropic, turns: int) -> int:
             messages=cast("list[MessageParam]", messages),
             cache_control={"type": "ephemeral"},
         )
-        messages.append({
-            "role": "assistant",
-            "content": [block.model_dump(mode="json", exclude_none=True) for block in response.content],
-        })
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [block.model_dump(mode="json", exclude_none=True) for block in response.content],
+            }
+        )
         calls = [block for block in response.content if block.type == "tool_use"]
         if response.stop_reason != "tool_use" or not calls:
             return request + 1

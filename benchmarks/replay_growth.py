@@ -211,8 +211,12 @@ def _replay_bare(cassette: str, turns: int, base_url: str) -> Callable[[], dict[
         served.append(len(request.content))
         return httpx2.Response(status, headers={"content-type": content_type}, content=body)
 
-    client = anthropic.Anthropic(base_url=base_url, api_key=API_KEY, max_retries=0,
-                                 http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+    client = anthropic.Anthropic(
+        base_url=base_url,
+        api_key=API_KEY,
+        max_retries=0,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+    )
 
     def run() -> dict[str, Any]:
         started = time.perf_counter()
@@ -263,8 +267,10 @@ def _replay_ours(cassette: str, turns: int, base_url: str) -> Callable[[], dict[
         analysis = ledger.cache_analysis()
         t4 = time.perf_counter()
         if rec.errors or rec.unused or len(ledger.turns) != requests or len(analysis.turns) != requests:
-            raise RuntimeError(f"ours: {len(rec.errors)} errors, {len(rec.unused)} unused recordings, "
-                               f"{len(ledger.turns)} ledger turns for {requests} requests")
+            raise RuntimeError(
+                f"ours: {len(rec.errors)} errors, {len(rec.unused)} unused recordings, "
+                f"{len(ledger.turns)} ledger turns for {requests} requests"
+            )
         return {"load": t1 - t0, "run": t2 - t1, "ledger": t3 - t2, "analysis": t4 - t3, "transport": transport[0]}
 
     return run
@@ -344,8 +350,18 @@ def _worker_env() -> dict[str, str]:
 
 def _spawn(variant: str, recording: Recording, memory: str, profile: str | None = None) -> dict[str, Any]:
     cassette = recording.ours_path if variant in ("ours", "bare") else recording.vcrpy_path
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--cassette", cassette,
-               "--turns", str(recording.turns), "--memory", memory]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        variant,
+        "--cassette",
+        cassette,
+        "--turns",
+        str(recording.turns),
+        "--memory",
+        memory,
+    ]
     if profile:
         command += ["--profile", profile]
     done = subprocess.run(command, capture_output=True, text=True, env=_worker_env(), check=False)
@@ -380,9 +396,11 @@ def _versions() -> str:
     import httpx2
     import vcr
 
-    return (f"Python {platform.python_version()} ({platform.python_implementation()}), "
-            f"anthropic {anthropic.__version__}, vcrpy {vcr.__version__}, httpx2 {httpx2.__version__}, "
-            f"{platform.system()} {platform.machine()}, CPUs: {os.cpu_count()}")
+    return (
+        f"Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"anthropic {anthropic.__version__}, vcrpy {vcr.__version__}, httpx2 {httpx2.__version__}, "
+        f"{platform.system()} {platform.machine()}, CPUs: {os.cpu_count()}"
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -416,8 +434,13 @@ def _own_direct(measured: Measured) -> float:
 
 
 def judge(
-    recordings: dict[int, Recording], results: dict[int, dict[str, Measured]], *, reference: int, max_ratio: float,
-    min_speedup: float, max_growth: float,
+    recordings: dict[int, Recording],
+    results: dict[int, dict[str, Measured]],
+    *,
+    reference: int,
+    max_ratio: float,
+    min_speedup: float,
+    max_growth: float,
 ) -> list[Verdict]:
     """The targets, at ``reference`` turns and from ``reference`` to twice as many."""
     verdicts: list[Verdict] = []
@@ -448,8 +471,10 @@ def judge(
         verdicts.append(Verdict(name, None, f"{own[0]:.3f} s -> {own[1]:.3f} s = {growth:.2f}x", info=True))
     else:
         verdicts.append(Verdict(name, None, f"needs {reference} and {double} turns"))
-    name = (f"our own time measured directly (load + patched transport + ledger + analysis) grows <= "
-            f"{max_growth:g}x from {reference} to {double} turns")
+    name = (
+        f"our own time measured directly (load + patched transport + ledger + analysis) grows <= "
+        f"{max_growth:g}x from {reference} to {double} turns"
+    )
     if reference in results and double in results:
         own = [_own_direct(results[n]["ours"]) for n in (reference, double)]
         growth = own[1] / own[0] if own[0] > 0 else float("inf")
@@ -471,18 +496,39 @@ def judge(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--turns", type=int, nargs="+", default=[25, 50, 100, 200],
-                        help="tool-calling turns per run (default: 25 50 100 200)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the cassettes and results.json (default: a new temporary folder)")
-    parser.add_argument("--skip-vcrpy-above", type=int, default=None, metavar="N",
-                        help="do not replay with plain vcrpy above N turns (it takes minutes at 200)")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        nargs="+",
+        default=[25, 50, 100, 200],
+        help="tool-calling turns per run (default: 25 50 100 200)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the cassettes and results.json (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--skip-vcrpy-above",
+        type=int,
+        default=None,
+        metavar="N",
+        help="do not replay with plain vcrpy above N turns (it takes minutes at 200)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="replays per measurement; the median is shown")
-    parser.add_argument("--memory", choices=["rss", "tracemalloc"], default="rss",
-                        help="peak memory: growth of the peak RSS during the timed replays (default), or "
-                             "tracemalloc's peak from one extra untimed run")
-    parser.add_argument("--profile-ours", action="store_true",
-                        help="also write a cProfile of one replay of ours per turn count (ours_N.prof in --out)")
+    parser.add_argument(
+        "--memory",
+        choices=["rss", "tracemalloc"],
+        default="rss",
+        help="peak memory: growth of the peak RSS during the timed replays (default), or "
+        "tracemalloc's peak from one extra untimed run",
+    )
+    parser.add_argument(
+        "--profile-ours",
+        action="store_true",
+        help="also write a cProfile of one replay of ours per turn count (ours_N.prof in --out)",
+    )
     parser.add_argument("--reference", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--cassette", help=argparse.SUPPRESS)
@@ -497,8 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     turns_list = sorted(set(args.turns))
     print(_versions())
-    memory = ("tracemalloc peak during one extra, untimed replay" if args.memory == "tracemalloc"
-              else f"growth of the peak RSS during the replay ({rss_method()}), median")
+    memory = (
+        "tracemalloc peak during one extra, untimed replay"
+        if args.memory == "tracemalloc"
+        else f"growth of the peak RSS during the replay ({rss_method()}), median"
+    )
     print(f"cassettes: {out}; replay times: median of {args.repeats} fresh processes; peak memory: {memory}")
     sys.stdout.flush()
 
@@ -516,36 +565,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile_ours:
             _spawn("ours", recording, "rss", profile=str(out / f"ours_{turns}.prof"))
 
-    header = ["turns", "final+resp B", "vcrpy B", "ours B", "ours/(f+r)", "vcrpy s", "ours s", "speedup",
-              "bare s", "own s", "own direct s", "vcrpy MB", "ours MB"]
+    header = [
+        "turns",
+        "final+resp B",
+        "vcrpy B",
+        "ours B",
+        "ours/(f+r)",
+        "vcrpy s",
+        "ours s",
+        "speedup",
+        "bare s",
+        "own s",
+        "own direct s",
+        "vcrpy MB",
+        "ours MB",
+    ]
     rows = []
     for turns in turns_list:
         rec, measured = recordings[turns], results[turns]
         base = rec.final_request_bytes + rec.response_bytes
         ours, bare, vcrpy = measured["ours"], measured["bare"], measured.get("vcrpy")
-        rows.append([
-            str(turns), f"{base:,}", f"{rec.vcrpy_bytes:,}", f"{rec.ours_bytes:,}", f"{rec.ours_bytes / base:.2f}",
-            f"{vcrpy.seconds:.3f}" if vcrpy else "skipped", f"{ours.seconds:.3f}",
-            f"{vcrpy.seconds / ours.seconds:.1f}x" if vcrpy else "skipped", f"{bare.seconds:.3f}",
-            f"{ours.seconds - bare.seconds:.3f}", f"{_own_direct(ours):.3f}",
-            _mb(vcrpy.peak_bytes) if vcrpy else "skipped", _mb(ours.peak_bytes),
-        ])
+        rows.append(
+            [
+                str(turns),
+                f"{base:,}",
+                f"{rec.vcrpy_bytes:,}",
+                f"{rec.ours_bytes:,}",
+                f"{rec.ours_bytes / base:.2f}",
+                f"{vcrpy.seconds:.3f}" if vcrpy else "skipped",
+                f"{ours.seconds:.3f}",
+                f"{vcrpy.seconds / ours.seconds:.1f}x" if vcrpy else "skipped",
+                f"{bare.seconds:.3f}",
+                f"{ours.seconds - bare.seconds:.3f}",
+                f"{_own_direct(ours):.3f}",
+                _mb(vcrpy.peak_bytes) if vcrpy else "skipped",
+                _mb(ours.peak_bytes),
+            ]
+        )
     print()
     print(_table(header, rows))
 
-    detail_header = ["turns", "requests", "all requests B", "ours load s", "ours agent s", "ours ledger s",
-                     "ours analysis s", "vcrpy load s", "record vcrpy s", "record ours s"]
+    detail_header = [
+        "turns",
+        "requests",
+        "all requests B",
+        "ours load s",
+        "ours agent s",
+        "ours ledger s",
+        "ours analysis s",
+        "vcrpy load s",
+        "record vcrpy s",
+        "record ours s",
+    ]
     detail_rows = []
     for turns in turns_list:
         rec, measured = recordings[turns], results[turns]
         phases, vcrpy = measured["ours"].phases, measured.get("vcrpy")
-        detail_rows.append([
-            str(turns), str(rec.requests), f"{rec.all_request_bytes:,}", f"{phases['load']:.3f}",
-            f"{phases['run']:.3f}", f"{phases['ledger']:.3f}", f"{phases['analysis']:.3f}",
-            f"{vcrpy.phases['load']:.3f}" if vcrpy else "skipped",
-            f"{rec.vcrpy_record_s:.3f}" + ("" if rec.vcrpy_record_body_matching else " (*)"),
-            f"{rec.ours_record_s:.3f}",
-        ])
+        detail_rows.append(
+            [
+                str(turns),
+                str(rec.requests),
+                f"{rec.all_request_bytes:,}",
+                f"{phases['load']:.3f}",
+                f"{phases['run']:.3f}",
+                f"{phases['ledger']:.3f}",
+                f"{phases['analysis']:.3f}",
+                f"{vcrpy.phases['load']:.3f}" if vcrpy else "skipped",
+                f"{rec.vcrpy_record_s:.3f}" + ("" if rec.vcrpy_record_body_matching else " (*)"),
+                f"{rec.ours_record_s:.3f}",
+            ]
+        )
     print()
     print(_table(detail_header, detail_rows))
     if not all(rec.vcrpy_record_body_matching for rec in recordings.values()):
@@ -556,15 +645,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for verdict in verdicts:
         print(verdict.line())
 
-    (out / "results.json").write_text(json.dumps({
-        "versions": _versions(),
-        "memory": args.memory,
-        "repeats": args.repeats,
-        "recordings": {t: {**asdict(r), "vcrpy_bytes": r.vcrpy_bytes, "ours_bytes": r.ours_bytes}
-                       for t, r in recordings.items()},
-        "replays": {t: {v: asdict(m) for v, m in measured.items()} for t, measured in results.items()},
-        "verdicts": [asdict(v) for v in verdicts],
-    }, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "versions": _versions(),
+                "memory": args.memory,
+                "repeats": args.repeats,
+                "recordings": {
+                    t: {**asdict(r), "vcrpy_bytes": r.vcrpy_bytes, "ours_bytes": r.ours_bytes}
+                    for t, r in recordings.items()
+                },
+                "replays": {t: {v: asdict(m) for v, m in measured.items()} for t, measured in results.items()},
+                "verdicts": [asdict(v) for v in verdicts],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return 1 if any(v.ok is False for v in verdicts) else 0
 
 

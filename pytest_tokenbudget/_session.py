@@ -6,6 +6,7 @@ hooks hand every decision here.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -15,11 +16,11 @@ from typing import Any
 from ._settings import Settings
 from .baseline import BaselineEntry, load_baseline, merge_baseline, write_baseline
 from .budgets import Budget
-from .errors import ReplayInterrupt, TokenBudgetError
+from .errors import ReplayInterrupt, TokenBudgetError, TokenBudgetWarning
 from .evaluate import Evaluation, TestResult, evaluate
 from .ledger import Ledger
 from .pricing import Pricer
-from .record import Recorder, open_recorder, placeholder_key, replays_only
+from .record import Recorder, open_recorder, placeholder_key, replays_only, unrouted_clients
 from .reports import GateKind, GateLine, build_report, publish
 
 __all__ = ["RunSession", "TestRun"]
@@ -88,13 +89,11 @@ class RunSession:
     # ------------------------------------------------------------------ one test
 
     def open_test(self, nodeid: str, path: Path) -> TestRun:
-        """The recorder of a test, its cassette loaded.
+        """The recorder of a test, its cassette (``path``, absolute) loaded.
 
         Raises:
             CassetteError: the cassette exists but cannot be read.
         """
-        if not path.is_absolute():
-            path = self.settings.cassette_dir / path
         settings = self.settings
         recorder = open_recorder(
             path,
@@ -111,6 +110,16 @@ class RunSession:
         recorder = run.recorder
         if recorder.errors:
             return recorder.errors[0]
+        missed = unrouted_clients()
+        if missed:
+            warnings.warn(
+                TokenBudgetWarning(
+                    f"{recorder.test}: {', '.join(missed)} was loaded by importlib during the test, not by an "
+                    "import statement, so the recorder could not follow it: requests it made in this test were "
+                    "neither recorded nor replayed. Import the client (anthropic) at the top of the test module."
+                ),
+                stacklevel=1,
+            )
         unused = recorder.unused if not recorder.allow_unused else []
         if unused:
             first = unused[0]
@@ -125,6 +134,8 @@ class RunSession:
                 )
             )
         run.body_passed = True
+        if not recorder.exchanges:
+            return None  # no API call: nothing to judge
         try:
             run.evaluation = self._evaluate(recorder, budget, test_passed=True)
         except TokenBudgetError as error:
@@ -148,6 +159,8 @@ class RunSession:
             except TokenBudgetError as error:
                 return error
         evaluation = run.evaluation
+        if evaluation is None and not recorder.exchanges and not recorder.recorded:
+            return None
         if evaluation is None:
             try:
                 evaluation = self._evaluate(recorder, budget, test_passed=False)
@@ -163,7 +176,7 @@ class RunSession:
             recorder,
             budget=budget,
             pricer=self.pricer,
-            cassette_name=settings.display_path(recorder.cassette_path),
+            cassette_name=lambda: settings.display_path(recorder.cassette_path),
             against=(self.baseline or {}).get(recorder.test) if judged else None,
             count_tokens=settings.count_tokens,
             test_passed=test_passed,

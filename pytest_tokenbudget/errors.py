@@ -16,6 +16,7 @@ __all__ = [
     "ReplayInterrupt",
     "RequestMismatch",
     "TokenBudgetError",
+    "TokenBudgetWarning",
 ]
 
 
@@ -100,3 +101,7 @@ class ReplayInterrupt(BaseException):
     def __init__(self, error: TokenBudgetError) -> None:
         self.error = error
         super().__init__(error.render())
+
+
+class TokenBudgetWarning(UserWarning):
+    """Something the plugin could not do for a test that still ran (shown in pytest's warnings)."""

@@ -77,7 +77,7 @@ def evaluate(
     *,
     budget: Callable[[], Budget],
     pricer: Pricer,
-    cassette_name: str,
+    cassette_name: Callable[[], str],
     against: BaselineEntry | None = None,
     count_tokens: bool = True,
     test_passed: bool = True,
@@ -88,7 +88,7 @@ def evaluate(
         recorder: the test's recorder, after its body ran.
         budget: the test's budget (asked for only when the test made API turns).
         pricer: the session's pricer.
-        cassette_name: the cassette as reports name it.
+        cassette_name: the cassette as reports name it (asked for only when there are turns).
         against: the baseline entry to judge the run against (``None``: no gate).
         count_tokens: with a real key, count changed requests with the count_tokens API.
         test_passed: the test's body passed.
@@ -97,7 +97,7 @@ def evaluate(
         TokenBudgetError: a recorded response cannot be read.
     """
     nodeid = recorder.test
-    ledger = recorder.ledger()
+    ledger = recorder.ledger() if recorder.exchanges else Ledger()
     result = TestResult(nodeid, recorder.cassette_path, ledger, bool(recorder.recorded), passed=test_passed)
     if not ledger.turns:
         return Evaluation(result)
@@ -125,7 +125,7 @@ def evaluate(
         if changed:
             ledger = result.ledger = apply_estimates(ledger, analysis)
     entry = result.entry = build_entry(
-        nodeid, cassette_name, ledger, pricer, analysis.turns if analysis is not None else None
+        nodeid, cassette_name(), ledger, pricer, analysis.turns if analysis is not None else None
     )
     totals = ledger.totals()
     estimated = any(t.estimated for t in ledger.turns)

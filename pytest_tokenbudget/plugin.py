@@ -98,7 +98,8 @@ def _uses_pytest_recording(item: pytest.Item) -> bool:
 
 def _cassette_of(item: pytest.Item, session: RunSession, options: dict[str, Any]) -> Path:
     if options.get("cassette"):
-        return Path(options["cassette"])
+        path = Path(options["cassette"])
+        return path if path.is_absolute() else session.settings.cassette_dir / path
     cls = getattr(item, "cls", None)
     class_name = cls.__name__ if cls is not None else None
     return cassette_path(session.settings.cassette_dir, Path(item.path), item.name, class_name)
@@ -121,6 +122,7 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
     item.stash[_RUN] = run
     with run.active() as recorder:
         yield recorder
+    del item.stash[_RUN]  # items live to the session's end; their recorders need not
     outcome = session.close_test(run, lambda: _budget_of(item))
     item.user_properties.extend(session.properties(item.nodeid))  # JUnit XML (the teardown report's)
     if isinstance(outcome, TokenBudgetError):

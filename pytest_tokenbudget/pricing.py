@@ -67,6 +67,8 @@ prices are named in the notes of the turns that use them.
 from __future__ import annotations
 
 import enum
+import functools
+import importlib.metadata
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -74,14 +76,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
-
-import genai_prices
-from genai_prices.types import ModelInfo, PriceCalculation, StartDateConstraint, TieredPrices
+from typing import TYPE_CHECKING, Any
 
 from ._validate import json_path, line_of, load_yaml
 from .errors import ConfigError, PriceError
 from .ledger import TokenCounts, Turn, token_counts
+
+if TYPE_CHECKING:  # genai-prices (and the HTTP client it imports) loads when a turn is first priced
+    import genai_prices
+    from genai_prices.types import ModelInfo, PriceCalculation, TieredPrices
 
 __all__ = [
     "COMPONENTS",
@@ -400,9 +403,17 @@ def _by_component(counts: TokenCounts) -> dict[str, int]:
     }
 
 
+@functools.cache
+def _genai_version() -> str:
+    """genai-prices' version, read without importing it."""
+    return importlib.metadata.version("genai-prices")
+
+
 def _genai_usage(counts: TokenCounts) -> genai_prices.Usage:
     # genai-prices' input_tokens is the TOTAL input: cache reads and writes are parts of it, and
     # the 1-hour writes are part of the writes (genai-prices' Usage docstring).
+    import genai_prices
+
     return genai_prices.Usage(
         input_tokens=counts.total_input_tokens,
         cache_write_tokens=counts.cache_write_tokens,
@@ -513,7 +524,7 @@ class Pricer:
                 (self._prefixes if entry.is_prefix else self._exact)[entry.key] = entry
         self.source = PriceSource(
             library="genai-prices",
-            version=genai_prices.__version__,
+            version=_genai_version(),
             override_files=tuple(f.path for f in self._files),
             timestamp_policy=timestamp_policy,
             priced_at=self._now if timestamp_policy == "now" else None,
@@ -581,6 +592,8 @@ class Pricer:
             context["processing"] = "batch"
         if fast:
             context["speed"] = "fast"
+        import genai_prices
+
         calc: PriceCalculation | None
         try:
             calc = genai_prices.calc_price(
@@ -712,7 +725,7 @@ class Pricer:
         return PriceError(
             f"no price for model {model!r}",
             test=test,
-            why=f"genai-prices {genai_prices.__version__} has no price for {model!r} (provider {_PROVIDER}), "
+            why=f"genai-prices {_genai_version()} has no price for {model!r} (provider {_PROVIDER}), "
             + ("and no override file names it" if files else "and no price override file is in use"),
             details=[
                 "models:",
@@ -730,6 +743,8 @@ def _tier_rate(price: Decimal | TieredPrices, total_input: int) -> tuple[Decimal
     Cliff pricing, as genai-prices' ``calc_unit_price``: the highest tier whose start the total
     input exceeds prices every token.
     """
+    from genai_prices.types import TieredPrices
+
     if isinstance(price, TieredPrices):
         for tier in reversed(price.tiers):
             if total_input > tier.start:
@@ -760,6 +775,8 @@ def _genai_amounts(calc: PriceCalculation, counts: TokenCounts) -> tuple[dict[st
 
 def _variant_note(label: str, key: str, value: str, model: ModelInfo, at: datetime) -> str:
     """Say whether genai-prices' price variant for ``{key: value}`` applied, and why not."""
+    from genai_prices.types import StartDateConstraint, TieredPrices
+
     variant = next((v for v in model.price_variants or () if v.when.get(key) == value), None)
     if variant is None:
         return f"{label}: genai-prices has no {label} price for {model.id}; priced at standard rates (UNSURE)"

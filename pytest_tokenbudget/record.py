@@ -18,6 +18,7 @@ Failures are raised as :class:`~pytest_tokenbudget.errors.ReplayInterrupt`, whic
 
 from __future__ import annotations
 
+import builtins
 import enum
 import functools
 import importlib.util
@@ -28,9 +29,10 @@ import shlex
 import sys
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ __all__ = [
     "record_command",
     "replays_only",
     "secrets_from_environment",
+    "unrouted_clients",
 ]
 
 PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
@@ -116,6 +119,8 @@ class _Decision:
     departure: Departure | None = None
 
 
+_ABSENT = object()
+
 # vcrpy's patcher groups and the module each needs.
 _CLIENT_MODULES = {
     "requests": "requests",
@@ -127,6 +132,79 @@ _CLIENT_MODULES = {
     "httpx": "httpx",
     "httpx2": "httpx2",
 }
+
+
+# Modules whose import makes HTTP traffic possible: what vcrpy patches (http.client included).
+_CLIENT_IMPORTS = ("http.client", *_CLIENT_MODULES.values())
+
+
+def _initialised(name: str) -> bool:
+    module = sys.modules.get(name)
+    # importlib marks a module's spec "_initializing" while its code runs.
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def _clients_loaded() -> bool:
+    """Whether an HTTP client library is imported (and done importing)."""
+    modules = sys.modules
+    return any(name in modules and _initialised(name) for name in _CLIENT_IMPORTS)
+
+
+def _importing() -> bool:
+    """Whether some module is still running its code (then building the patches could meet it
+    half-initialised)."""
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False) for module in list(sys.modules.values())
+    )
+
+
+class _PatchOnImport:
+    """Calls ``on_loaded`` as soon as an import statement leaves an HTTP client library imported.
+
+    While installed it wraps ``builtins.__import__``: when an outermost ``import`` statement (of
+    the thread) returns, every module it pulled in is fully initialised and bound, so the patches
+    can be built safely then. A client loaded without an import statement
+    (``importlib.import_module``) is not seen until the next statement: :meth:`missed` tells.
+    """
+
+    def __init__(self, on_loaded: Callable[[], None]) -> None:
+        self._on_loaded = on_loaded
+        self._original: Callable[..., types.ModuleType] = builtins.__import__
+        self._local = threading.local()
+
+    def install(self) -> None:
+        self._original = builtins.__import__
+        builtins.__import__ = self._import
+
+    def remove(self) -> None:
+        if builtins.__import__ == self._import:
+            builtins.__import__ = self._original
+
+    @property
+    def installed(self) -> bool:
+        return builtins.__import__ == self._import
+
+    def missed(self) -> list[str]:
+        """Client libraries imported while the patches still wait (so their calls went unrouted)."""
+        return [name for name in _CLIENT_IMPORTS if _initialised(name)] if self.installed else []
+
+    def _import(
+        self,
+        name: str,
+        globals: Mapping[str, object] | None = None,
+        locals: Mapping[str, object] | None = None,
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> types.ModuleType:
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            return self._original(name, globals, locals, fromlist or (), level)
+        finally:
+            self._local.depth = depth
+            if depth == 0 and self.installed and _clients_loaded() and not _importing():
+                self.remove()
+                self._on_loaded()
 
 
 @functools.cache
@@ -199,7 +277,7 @@ class Recorder:
         self.allow_unused = allow_unused
         self.record_command = record_command
         self.clock = clock
-        self.secrets: set[str] = secrets_from_environment()
+        self._secrets: set[str] | None = None
         self.exchanges: list[Interaction] = []
         self.recorded: list[Interaction] = []
         self.departures: list[Departure] = []
@@ -215,6 +293,14 @@ class Recorder:
         self._recordings: list[Interaction] = list(recordings)
         for interaction in self._recordings:
             self._queues.setdefault((interaction.method, interaction.path), deque()).append(interaction.index)
+
+    @property
+    def secrets(self) -> set[str]:
+        """Values redacted from what is recorded: credential-like environment variables, read at
+        the test's first request (or save), and the keys the test sent."""
+        if self._secrets is None:
+            self._secrets = secrets_from_environment()
+        return self._secrets
 
     # ------------------------------------------------------------------ vcrpy's cassette API
 
@@ -480,11 +566,19 @@ class _Dispatcher:
     """The one cassette object vcrpy's patchers are built with: it hands each call to the recorder
     of the test that is running, and lets traffic pass untouched when none is.
 
-    Building vcrpy's patchers imports and inspects every HTTP client library (forty patch targets);
-    they are built on first use and applied and removed around each test, as vcrpy's own
-    ``use_cassette`` does. A patcher captures the client method it wraps when it is built: a
-    transport patched by another tool after that (say a session fixture) sees our stub wrap the
-    original; vcrpy's own nested cassettes stack as before.
+    Building vcrpy's patchers imports every HTTP client library it knows and inspects forty patch
+    targets, which cost more than the rest of the plugin when done for every test. They are built
+    once, on first need, and applied around each test by plain attribute swaps (what
+    ``mock.patch.object`` does, without its per-call introspection).
+
+    A test that starts with no HTTP client library imported cannot reach the network until it
+    imports one: for it the patches wait for that import (:class:`_PatchOnImport`) and are applied
+    the moment the import statement completes, before any request can be made. A suite whose
+    tests never touch an HTTP client never imports vcrpy.
+
+    A patch captures the client method it wraps when it is built: a transport patched by another
+    tool after that (a session fixture, say) is wrapped as it was then; vcrpy's own nested
+    cassettes (pytest-recording) stack over ours as before.
     """
 
     _path = "tokenbudget"
@@ -492,7 +586,10 @@ class _Dispatcher:
 
     def __init__(self) -> None:
         self.recorder: Recorder | None = None
-        self._patchers: list[Any] | None = None
+        self._targets: list[tuple[Any, str, Any]] | None = None
+        self._others: list[Any] = []
+        self._watcher = _PatchOnImport(self._apply)
+        self._applied: list[tuple[Any, str, Any]] | None = None
         self._depth = 0
 
     @property
@@ -501,32 +598,69 @@ class _Dispatcher:
 
     @contextmanager
     def routing(self, recorder: Recorder) -> Iterator[None]:
-        if self._patchers is None:
-            from vcr.patch import CassettePatcherBuilder
-
-            self._patchers = list(CassettePatcherBuilder(self).build())
         previous = self.recorder
         self.recorder = recorder
+        self._depth += 1
         try:
-            if self._depth:
-                # Nested (a pytester session inside a test): the patches are already in place,
-                # and a patcher cannot be entered twice at once.
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
+            if self._depth > 1:
+                # Nested (a pytester session inside a test): the outermost block patches.
+                yield
                 return
-            with ExitStack() as stack:
-                for patcher in self._patchers:
-                    stack.enter_context(patcher)
-                self._depth = 1
-                try:
-                    yield
-                finally:
-                    self._depth = 0
+            watcher = None
+            if _clients_loaded():
+                self._apply()
+            else:
+                watcher = self._watcher
+                watcher.install()
+            try:
+                yield
+            finally:
+                if watcher is not None:
+                    watcher.remove()
+                self._restore()
         finally:
+            self._depth -= 1
             self.recorder = previous
+
+    def missed_clients(self) -> list[str]:
+        """HTTP client libraries the running test loaded without an import statement, before
+        the patches could follow (its calls through them were not recorded)."""
+        if not self._watcher.installed or not _clients_loaded():
+            return []
+        return self._watcher.missed()
+
+    def _apply(self) -> None:
+        if self._applied is not None:
+            return
+        if self._targets is None:
+            from vcr.patch import CassettePatcherBuilder
+
+            targets, others = [], []
+            for patcher in CassettePatcherBuilder(self).build():
+                if hasattr(patcher, "getter") and hasattr(patcher, "attribute"):  # mock.patch.object
+                    targets.append((patcher.getter(), patcher.attribute, patcher.new))
+                else:  # vcrpy's pooled-connection cleanup, a context manager
+                    others.append(patcher)
+            self._targets, self._others = targets, others
+        applied = []
+        for target, name, replacement in self._targets:
+            applied.append((target, name, getattr(target, "__dict__", {}).get(name, _ABSENT)))
+            setattr(target, name, replacement)
+        self._applied = applied
+        for other in self._others:
+            other.__enter__()
+
+    def _restore(self) -> None:
+        applied, self._applied = self._applied, None
+        if applied is None:
+            return
+        for other in reversed(self._others):
+            other.__exit__(None, None, None)
+        for target, name, original in reversed(applied):
+            if original is _ABSENT:
+                delattr(target, name)
+            else:
+                setattr(target, name, original)
 
     # vcrpy's cassette API, forwarded
     @property
@@ -583,7 +717,12 @@ def _byte_offset(old: bytes, new: bytes) -> int:
 def cassette_path(cassette_dir: Path, module: Path, test_name: str, class_name: str | None = None) -> Path:
     """``<cassette_dir>/<module stem>/<Class.>test_name.yaml``, with unsafe characters replaced."""
     name = f"{class_name}.{test_name}" if class_name else test_name
-    return cassette_dir / module.stem / (_UNSAFE.sub("_", name) + ".yaml")
+    return _module_dir(cassette_dir, module) / (_UNSAFE.sub("_", name) + ".yaml")
+
+
+@functools.lru_cache(maxsize=1024)
+def _module_dir(cassette_dir: Path, module: Path) -> Path:
+    return cassette_dir / module.stem
 
 
 def record_command(nodeid: str, mode: str) -> str:
@@ -608,7 +747,7 @@ def open_recorder(
         CassetteError: the cassette exists but cannot be read.
     """
     loaded: Cassette | None = None
-    if mode is not RecordMode.ALL and path.exists():
+    if mode is not RecordMode.ALL and os.path.exists(path):
         loaded = load_cassette(path)
     return Recorder(
         path,
@@ -693,3 +832,9 @@ def ledger_of_vcr_cassette(vcr_cassette: Any) -> Ledger:
         if vcr_cassette.play_counts[index] > 0 or index >= loaded
     ]
     return turns_from(used, source=str(vcr_cassette._path))
+
+
+def unrouted_clients() -> list[str]:
+    """HTTP client libraries the running test loaded without an ``import`` statement before the
+    recorder could follow them (``importlib.import_module``): their calls were not recorded."""
+    return _DISPATCHER.missed_clients()
