@@ -206,3 +206,40 @@ def test_ledger_assertion_helpers(pytester: pytest.Pytester) -> None:
     """,
     )
     _run(pytester).assert_outcomes(passed=1)
+
+
+def test_ledger_assert_budget_prices_with_the_sessions_override_file(pytester: pytest.Pytester) -> None:
+    """``token_ledger.assert_budget(max_cost_usd=...)`` uses the run's price override file, not genai-prices alone.
+
+    At a negotiated $1,000 per million tokens for every component, the 4,074 input and 6 output
+    tokens of the three turns cost exactly $4.08 (genai-prices' own rates give $0.006141).
+    """
+    pytester.makefile(
+        ".yaml",
+        prices="""
+        models:
+          claude-sonnet-4-6:
+            input_mtok: 1000
+            output_mtok: 1000
+            cache_write_5m_mtok: 1000
+            cache_write_1h_mtok: 1000
+            cache_read_mtok: 1000
+        """,
+    )
+    _project(
+        pytester,
+        """
+        from decimal import Decimal
+
+        def test_inline(anthropic_emulator, token_ledger):
+            ask(anthropic_emulator)
+            assert token_ledger.cost_usd() == Decimal("4.08")
+            token_ledger.assert_budget(max_cost_usd=5)
+            with pytest.raises(AssertionError) as caught:
+                token_ledger.assert_budget(max_cost_usd=1)
+            assert str(caught.value).splitlines()[:2] == ["over the token budget:", "  cost $4.080000, budget $1"]
+    """,
+    )
+    _run(pytester, "--token-budget-prices=prices.yaml").assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\ntoken_budget_prices = prices.yaml\n")
+    _run(pytester).assert_outcomes(passed=1)
