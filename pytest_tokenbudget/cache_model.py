@@ -2,7 +2,7 @@
 
 One implementation serves two callers: the emulator (which bills its own responses with it) and
 the cache analysis (which predicts what a recorded run should have read and written). The rules,
-from ``anthropic-facts.md`` section 2 and 3:
+as Anthropic's prompt-caching docs describe them:
 
 * Writes happen only at breakpoints: each breakpoint writes one entry for the prefix ending there.
 * Reads: from each breakpoint, walk back one block at a time, at most 20 positions (the
@@ -13,7 +13,7 @@ from ``anthropic-facts.md`` section 2 and 3:
 * Billing: A = tokens up to the highest hit; B = the highest 1h breakpoint after A (1h writes
   B - A); C = the last breakpoint (5m writes C - B).
 
-UNSURE (facts section 12), said here rather than guessed silently:
+UNSURE (the docs do not say), said here rather than guessed silently:
 
 * how the minimum applies with several breakpoints: here the whole prefix up to each breakpoint
   must reach it;
@@ -44,8 +44,8 @@ __all__ = [
 
 LOOKBACK_BLOCKS = 20
 
-# (model id prefix, minimum cacheable tokens, documented?) -- facts section 11. First match wins,
-# so longer prefixes come first.
+# (model id prefix, minimum cacheable tokens, documented?), from Anthropic docs: Prompt caching,
+# "Cache limitations". First match wins, so longer prefixes come first.
 _MINIMUMS: tuple[tuple[str, int, bool], ...] = (
     ("claude-fable-5-2", 512, False),
     ("claude-mythos-5-2", 512, False),
@@ -86,7 +86,7 @@ def minimum_cacheable(model: str) -> tuple[int, bool]:
 
     Returns:
         ``(tokens, sure)``; ``sure`` is ``False`` for models whose minimum is not documented
-        (facts section 12 item 1) and for unknown models, which get 1,024.
+        (not in Anthropic's published table) and for unknown models, which get 1,024.
     """
     name = model.lower()
     for prefix, tokens, sure in _MINIMUMS:
@@ -263,7 +263,7 @@ def diagnose(
 ) -> dict[str, Any] | None:
     """The API's ``diagnostics.cache_miss_reason`` for ``current`` against ``previous``.
 
-    Mirrors the cache-diagnostics beta (facts section 4): the earliest divergence only, in the
+    Mirrors the API's cache-diagnostics beta: the earliest divergence only, in the
     order model (or speed), tools, system, messages; ``unavailable`` when only settings such as
     ``tool_choice`` or ``thinking`` differ; ``None`` when the current request extends the previous
     one. ``cache_missed_input_tokens`` is the previous prefix's tokens from the divergence on.

@@ -10,14 +10,15 @@ machines and Python versions.
 
 Settings that invalidate a whole cache level are folded into the chain where that level starts:
 the model before ``tools``; ``speed`` before ``system``; ``tool_choice``, thinking, effort and the
-number of images before ``messages`` (facts section 2, "Invalidation"). An explicit default
+number of images before ``messages`` (Anthropic docs: Prompt caching, "What invalidates the
+cache"). An explicit default
 (``tool_choice: auto``, ``thinking: disabled``) equals omitting it.
 
-UNSURE: the facts list toggling web search/fetch or citations as invalidating system and
+UNSURE: the prompt-caching docs list toggling web search/fetch or citations as invalidating system and
 messages only; here a server tool is one of ``tools``, so adding or removing it changes every level,
 and citations settings live in the blocks that carry them.
 
-UNSURE (facts section 12): what counts as one "block" for the 20-position lookback. Here a block
+UNSURE (the docs do not say): what counts as one "block" for the 20-position lookback. Here a block
 is one tool, one system block or one content block of a message; a string ``system`` or string
 message ``content`` counts as one text block and is fingerprinted as if it were
 ``{"type": "text", "text": ...}``.
@@ -50,7 +51,7 @@ LEVELS: tuple[Level, ...] = ("tools", "system", "messages")
 TTL_SECONDS: dict[str, int] = {"5m": 300, "1h": 3600}
 
 _FORMAT = b"tokenbudget-prefix/1"
-# Block types the API refuses a cache_control on (facts section 2: "Not markable").
+# Block types the API refuses a cache_control on (the docs list the blocks that cannot be marked).
 _UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
 _EXCERPT = 32
 
@@ -466,7 +467,7 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
 
 def _check_block(block: Block, problems: list[tuple[int, str]]) -> None:
     if block.ttl is not None and not block.markable:
-        if _is_empty_text(block.source):  # the API's wording (facts section 2)
+        if _is_empty_text(block.source):  # the API's own error wording
             problems.append((block.index, f"{block.path}: cache_control cannot be set for empty text blocks"))
         else:
             problems.append((block.index, f"{block.path}: cache_control cannot be set on a {block.kind} block"))
@@ -514,7 +515,7 @@ def _breakpoints(
     if isinstance(automatic, dict) and blocks:
         ttl: Ttl = "1h" if automatic.get("ttl") == "1h" else "5m"
         # The automatic breakpoint goes on the last cacheable block, walking back over blocks
-        # that cannot hold one (facts section 3).
+        # that cannot hold one (as the API places its automatic breakpoint).
         target = next((b for b in reversed(blocks) if b.markable), None)
         if target is not None:
             if target.ttl is not None:

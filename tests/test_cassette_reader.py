@@ -613,7 +613,7 @@ def test_real_prompt_caching_write_then_read() -> None:
         assert first.input_tokens == second.input_tokens == 4
         assert first.stream == second.stream == ("stream" in path.name)
     legacy = turns_from(load_cassette(folder / "test_anthropic_prompt_caching_legacy.yaml").interactions)
-    assert [dict(turn.usage) for turn in legacy] == [  # facts section 1
+    assert [dict(turn.usage) for turn in legacy] == [  # legacy usage fields kept as recorded
         {"input_tokens": 4, "cache_creation_input_tokens": 1163, "cache_read_input_tokens": 0, "output_tokens": 187},
         {"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 1163, "output_tokens": 202},
     ]

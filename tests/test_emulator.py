@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from pytest_tokenbudget.emulator import DIAGNOSTICS_BETA, AnthropicEmulator, Clock, Reply
 
-MODEL = "claude-sonnet-4-6"  # minimum cacheable prefix 1,024 tokens (facts section 11)
+MODEL = "claude-sonnet-4-6"  # minimum cacheable prefix 1,024 tokens (Anthropic docs: Prompt caching)
 # The plugin would record or replay this traffic; these tests talk to the emulator directly.
 pytestmark = pytest.mark.token_budget(record=False)
 

@@ -1,6 +1,7 @@
 """Pricing: genai-prices conversion, Anthropic's rules, override files (exact Decimal numbers).
 
-Worked examples come from shared/anthropic-facts.md section 10 (genai-prices 0.2.3).
+Worked examples are computed from genai-prices 0.2.3's bundled data and Anthropic's published
+multipliers (cache write 1.25x/2x, read 0.1x, batch 0.5x).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def pricer() -> Pricer:
 
 
 # --------------------------------------------------------------------------------------------
-# worked examples (facts section 10)
+# worked examples (genai-prices 0.2.3 data)
 
 
 def test_cache_write_turn(pricer: Pricer) -> None:

@@ -91,8 +91,8 @@ class AnthropicEmulator:
         batch_seconds: how long a batch stays ``in_progress`` after it is created.
         gzip_json: compress JSON responses when the client accepts gzip, as the live API does.
         require_diagnostics_beta: answer ``diagnostics`` only when the request carries the
-            ``cache-diagnosis-2026-04-07`` beta header (UNSURE whether the live API still needs it,
-            facts section 12 item 4).
+            ``cache-diagnosis-2026-04-07`` beta header (UNSURE whether the live API still needs it:
+            the diagnostics were documented as a beta).
     """
 
     def __init__(
@@ -460,7 +460,8 @@ class AnthropicEmulator:
             "archived_at": None,
             "cancel_initiated_at": iso(batch["canceled_at"]) if batch["canceled_at"] is not None else None,
             # Relative, so recordings do not carry the emulator's random port; the SDK joins it
-            # with its base URL (facts section 6). The live API returns an absolute URL.
+            # with its base URL. The live API returns an absolute URL (Anthropic docs: Message
+            # Batches, ``results_url``).
             "results_url": f"/v1/messages/batches/{batch_id}/results" if status == "ended" else None,
         }
 
@@ -515,7 +516,7 @@ _ABSENT: Any = object()
 
 
 def _check_prewarm(body: Mapping[str, Any]) -> None:
-    """A cache pre-warm (``max_tokens: 0``) is refused with these (facts section 2)."""
+    """A cache pre-warm (``max_tokens: 0``) is refused with these (the API rejects ``max_tokens`` below 1)."""
     thinking = body.get("thinking")
     tool_choice = body.get("tool_choice")
     output_config = body.get("output_config")
@@ -558,7 +559,7 @@ def _chunks(text: str) -> Iterator[str]:
 
 
 def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
-    """The SSE events of a message, in the order the API sends them (facts section 5)."""
+    """The SSE events of a message, in the order the API sends them (Anthropic docs: Streaming Messages)."""
     usage = dict(message["usage"])
     start_usage = {k: v for k, v in usage.items() if k not in ("output_tokens", "server_tool_use")}
     start_usage["output_tokens"] = 1

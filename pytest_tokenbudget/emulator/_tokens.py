@@ -1,6 +1,6 @@
 """The emulator's token counts: a documented, deterministic function of the content.
 
-There is no local Claude tokenizer (facts section 12 item 12), so the emulator counts
+There is no local Claude tokenizer (Anthropic publishes none; count_tokens is an API call), so the emulator counts
 synthetic tokens, chosen so tests can compute exact numbers by hand:
 
 * an input block (one tool, one system block, one message content block) counts
