@@ -11,17 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._settings import Settings
-from .baseline import BaselineEntry, load_baseline, merge_baseline, write_baseline
-from .budgets import Budget
 from .errors import ReplayInterrupt, TokenBudgetError, TokenBudgetWarning
-from .evaluate import Evaluation, TestResult, evaluate
-from .ledger import Ledger
-from .pricing import Pricer
 from .record import Recorder, open_recorder, placeholder_key, replays_only, unrouted_clients
-from .reports import GateKind, GateLine, build_report, publish
+
+if TYPE_CHECKING:
+    # The pipeline, prices and reports load when a test first makes an API call (or the session
+    # ends): a suite that never calls the API does not pay for importing them.
+    from ._settings import Settings
+    from .baseline import BaselineEntry
+    from .budgets import Budget
+    from .evaluate import Evaluation, TestResult
+    from .pricing import Pricer
+    from .reports import GateLine
 
 __all__ = ["RunSession", "TestRun"]
 
@@ -74,6 +77,8 @@ class RunSession:
         """
         session = cls(settings)
         if settings.report:
+            from .baseline import load_baseline
+
             session.pricer  # noqa: B018 - load and validate the price files now
             if settings.baseline_path is not None:
                 session.baseline = load_baseline(settings.baseline_path)
@@ -83,6 +88,8 @@ class RunSession:
     def pricer(self) -> Pricer:
         """The session's pricer (one instant for "now" pricing, for the whole run)."""
         if self._pricer is None:
+            from .pricing import Pricer
+
             self._pricer = Pricer(override_files=self.settings.price_files, timestamp_policy=self.settings.price_at)
         return self._pricer
 
@@ -170,6 +177,8 @@ class RunSession:
         return evaluation.result
 
     def _evaluate(self, recorder: Recorder, budget: Callable[[], Budget], *, test_passed: bool) -> Evaluation:
+        from .evaluate import evaluate
+
         settings = self.settings
         judged = settings.report and not settings.update
         return evaluate(
@@ -208,6 +217,8 @@ class RunSession:
             self._update_lines = self._update_baseline(settings.baseline_path)
         if not settings.report:
             return
+        from .reports import build_report, publish
+
         entries = [r.entry for _, r in sorted(self.results.items()) if r.entry is not None]
         report = build_report(entries, self.pricer.source.as_dict())
         self.lines = publish(
@@ -220,6 +231,9 @@ class RunSession:
 
     def _update_baseline(self, path: Path) -> list[GateLine]:
         """Write the baseline from this run (passed tests replace their entries; gone tests are pruned)."""
+        from .baseline import merge_baseline, write_baseline
+        from .reports import GateKind, GateLine
+
         fresh = {test: r.baseline for test, r in self.results.items() if r.baseline is not None and r.passed}
         merged = merge_baseline(self.baseline, fresh, collected=self.collected, rootdir=self.settings.rootdir)
         write_baseline(path, merged.entries)
@@ -241,6 +255,8 @@ class RunSession:
 
     def gate_lines(self) -> list[GateLine]:
         """The gate's verdict on the run, test by test."""
+        from .reports import GateKind, GateLine
+
         if self.settings.update:
             return list(self._update_lines)
         lines: list[GateLine] = []
@@ -280,6 +296,8 @@ class RunSession:
 
 
 def _lean(result: TestResult) -> TestResult:
+    from .ledger import Ledger
+
     ledger = Ledger([replace(turn, request=None) for turn in result.ledger.turns], (), result.ledger.source)
     entry = result.entry
     if entry is not None:

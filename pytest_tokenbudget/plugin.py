@@ -13,13 +13,12 @@ import pytest
 
 from ._session import RunSession, TestRun
 from ._settings import UsageProblem, add_pytest_options, resolve
-from .assertions import TokenLedger
 from .budgets import BUDGET_KEYS, Budget
 from .errors import ReplayInterrupt, TokenBudgetError
-from .ledger import Ledger
 from .record import Recorder, cassette_path, ledger_of_vcr_cassette
 
 if TYPE_CHECKING:
+    from .assertions import TokenLedger
     from .emulator import AnthropicEmulator
 
 _SESSION = pytest.StashKey[RunSession]()
@@ -132,6 +131,9 @@ def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder |
 @pytest.fixture
 def token_ledger(request: pytest.FixtureRequest, _tokenbudget_recorder: Recorder | None) -> TokenLedger:
     """The ledger of this test's API turns, live (every call so far), with inline budget checks."""
+    from .assertions import TokenLedger
+    from .ledger import Ledger
+
     session = request.config.stash[_SESSION]
     if _tokenbudget_recorder is not None:
         return TokenLedger(_tokenbudget_recorder.ledger, lambda: session.pricer)
