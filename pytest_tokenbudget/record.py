@@ -171,18 +171,21 @@ class _PatchOnImport:
         self._on_loaded = on_loaded
         self._original: Callable[..., types.ModuleType] = builtins.__import__
         self._local = threading.local()
+        self._hook = self._import  # one bound method, compared by identity
+        self._modules = 0
 
     def install(self) -> None:
         self._original = builtins.__import__
-        builtins.__import__ = self._import
+        self._modules = len(sys.modules)
+        builtins.__import__ = self._hook
 
     def remove(self) -> None:
-        if builtins.__import__ == self._import:
+        if builtins.__import__ is self._hook:
             builtins.__import__ = self._original
 
     @property
     def installed(self) -> bool:
-        return builtins.__import__ == self._import
+        return builtins.__import__ is self._hook
 
     def missed(self) -> list[str]:
         """Client libraries imported while the patches still wait (so their calls went unrouted)."""
@@ -196,15 +199,21 @@ class _PatchOnImport:
         fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> types.ModuleType:
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
+        local = self._local
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
         try:
             return self._original(name, globals, locals, fromlist or (), level)
         finally:
-            self._local.depth = depth
-            if depth == 0 and self.installed and _clients_loaded() and not _importing():
-                self.remove()
-                self._on_loaded()
+            local.depth = depth
+            # Most statements run inside tests import nothing new (the module is in sys.modules):
+            # only a statement that grew sys.modules can have loaded a client.
+            if depth == 0 and len(sys.modules) != self._modules:
+                if not (self.installed and _clients_loaded()):
+                    self._modules = len(sys.modules)
+                elif not _importing():  # else: a module is half-initialised; retry at the next statement
+                    self.remove()
+                    self._on_loaded()
 
 
 @functools.cache

@@ -499,7 +499,7 @@ def test_format_path_quotes_what_is_not_an_identifier() -> None:
     ],
 )
 def test_minimum_cacheable(model: str, expected: tuple[int, bool]) -> None:
-    """Minimums follow the facts table; longer model prefixes win over shorter ones."""
+    """Minimums follow Anthropic docs: Prompt caching, "Cache limitations"; longer model prefixes win."""
     assert minimum_cacheable(model) == expected
 
 
