@@ -65,7 +65,7 @@ class Budget:
         if not data:
             return cls()
         try:
-            problems = _problems(tuple(sorted((str(k), _freeze(v)) for k, v in data.items())))
+            problems = _problems(tuple(sorted((str(k), _freeze(v)) for k, v in data.items())), data)
         except TypeError:  # an unhashable value: validate it afresh
             problems = _schema_problems(data)
         if problems:
@@ -128,21 +128,12 @@ def _schema_problems(data: Mapping[str, Any]) -> tuple[tuple[Any, str], ...]:
 _VALIDATED: dict[Hashable, tuple[tuple[Any, str], ...]] = {}
 
 
-def _problems(key: tuple[tuple[str, Hashable], ...]) -> tuple[tuple[Any, str], ...]:
+def _problems(key: tuple[tuple[str, Hashable], ...], data: Mapping[str, Any]) -> tuple[tuple[Any, str], ...]:
+    """The schema problems of ``data`` (whose frozen form is ``key``), validated once per key."""
     found = _VALIDATED.get(key)
     if found is None:
-        data = {name: _thaw(frozen) for name, frozen in key}
         found = _VALIDATED[key] = _schema_problems(data)
     return found
-
-
-def _thaw(frozen: Any) -> Any:
-    kind, value = frozen
-    if kind in ("list", "tuple"):
-        return [_thaw(v) for v in value]
-    if kind == "dict":
-        return {k: _thaw(v) for k, v in value}
-    return value
 
 
 def check_budget(

@@ -6,7 +6,7 @@ results; it writes nothing and knows nothing of pytest.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -171,7 +171,7 @@ def _rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:
     return write.cost_usd - read.cost_usd
 
 
-def baseline_entry(entry: TestEntry, cache: tuple[TurnCache, ...] | list[TurnCache], estimated: bool) -> BaselineEntry:
+def baseline_entry(entry: TestEntry, cache: Sequence[TurnCache], estimated: bool) -> BaselineEntry:
     """The baseline's view of a priced test: totals, cost, hit rate, cached prefixes per turn."""
     prefixes = []
     for item, turn_cache in zip(entry.turns, cache, strict=False):

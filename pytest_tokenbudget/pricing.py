@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._validate import json_path, line_of, load_yaml
 from .errors import ConfigError, PriceError
-from .ledger import TokenCounts, Turn, token_counts
+from .ledger import TokenCounts, Turn, _dig, token_counts
 
 if TYPE_CHECKING:  # genai-prices (and the HTTP client it imports) loads when a turn is first priced
     import genai_prices
@@ -425,19 +425,10 @@ def _genai_usage(counts: TokenCounts) -> genai_prices.Usage:
     )
 
 
-def _dig(usage: Mapping[str, Any], path: Sequence[str]) -> Any:
-    value: Any = usage
-    for part in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
-
-
 def _checked_counts(model: str, usage: Mapping[str, Any], test: str | None) -> TokenCounts:
     """The usage's counts (:func:`~pytest_tokenbudget.ledger.token_counts`), refusing negative ones."""
     for path in _COUNT_PATHS:
-        value = _dig(usage, path)
+        value = _dig(usage, *path)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise PriceError(
                 "usage cannot be priced",
