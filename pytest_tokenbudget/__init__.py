@@ -22,11 +22,11 @@ from .errors import (
     RequestMismatch,
     TokenBudgetError,
 )
-from .ledger import Ledger, Totals, Turn
 
 if TYPE_CHECKING:
     from .assertions import TokenLedger
     from .emulator import AnthropicEmulator, Clock, Reply
+    from .ledger import Ledger, Totals, Turn
 
 __all__ = [
     "AnthropicEmulator",
@@ -52,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from . import emulator
 
         return getattr(emulator, name)
+    if name in ("Ledger", "Totals", "Turn"):  # the ledger (and cassettes) load when first asked for
+        from . import ledger
+
+        return getattr(ledger, name)
     if name == "TokenLedger":  # prices and the cache analysis load only when asked for
         from .assertions import TokenLedger
 

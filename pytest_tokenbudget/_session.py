@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +41,20 @@ class TestRun:
     body_passed: bool = False
     evaluation: Evaluation | None = None
 
-    @contextmanager
-    def active(self) -> Iterator[Recorder]:
-        """The test's traffic goes to its recorder for the block (a placeholder key when it only replays)."""
-        with placeholder_key(replays_only(self.recorder)), self.recorder.patched():
-            yield self.recorder
+    _routing: ExitStack | None = None
+
+    def enter(self) -> None:
+        """From now on the test's traffic goes to its recorder (a placeholder key when it only replays)."""
+        stack = ExitStack()
+        stack.enter_context(placeholder_key(replays_only(self.recorder)))
+        stack.enter_context(self.recorder.patched())
+        self._routing = stack
+
+    def exit(self) -> None:
+        """Stop routing the test's traffic (undo :meth:`enter`); harmless when not entered."""
+        routing, self._routing = self._routing, None
+        if routing is not None:
+            routing.close()
 
 
 @dataclass

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .baseline import BASELINE_NAME
+from ._modes import BASELINE_NAME, PriceAt, RecordMode
 from .config import Config, load_config
-from .pricing import PriceAt
-from .record import RecordMode
 
 if TYPE_CHECKING:
     import pytest

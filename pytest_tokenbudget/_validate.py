@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from .errors import TokenBudgetError
-from .prefix import format_path
+
+if TYPE_CHECKING:  # YAML and the path formatter load when a file is first read
+    import yaml
 
 
 @cache
@@ -34,6 +34,8 @@ def _validator(schema_name: str) -> Any:
 
 def json_path(path: Sequence[Any]) -> str:
     """``models["claude-opus-4-5"].input_mtok`` style; ``$`` for the document."""
+    from .prefix import format_path
+
     return format_path([p if isinstance(p, int) else str(p) for p in path])
 
 
@@ -53,6 +55,8 @@ def load_yaml(
             schema; the message names the file, the line, the JSON path of the bad key, and
             for an unknown key the nearest accepted one.
     """
+    import yaml
+
     where = str(path)
     if text is None:
         try:
@@ -92,6 +96,8 @@ def check_keys(
     node: yaml.Node, where: str, error: type[TokenBudgetError], what: str, path: tuple[str | int, ...] = ()
 ) -> None:
     """Reject non-string and repeated mapping keys (PyYAML keeps the last one silently)."""
+    import yaml
+
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -152,6 +158,8 @@ def line_of(root: yaml.Node | None, path: Sequence[str | int]) -> int | None:
     """The line (from 1) of the key at ``path``, or of the document when ``path`` is empty."""
     if root is None:
         return None
+    import yaml
+
     node = root
     line = root.start_mark.line + 1
     for part in path:

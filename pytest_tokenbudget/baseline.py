@@ -42,8 +42,6 @@ __all__ = [
     "write_baseline",
 ]
 
-BASELINE_NAME = "tokenbudget-baseline.json"
-
 
 @dataclass(frozen=True)
 class CachedPoint:

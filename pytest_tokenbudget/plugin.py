@@ -104,28 +104,56 @@ def _cassette_of(item: pytest.Item, session: RunSession, options: dict[str, Any]
     return cassette_path(session.settings.cassette_dir, Path(item.path), item.name, class_name)
 
 
-@pytest.fixture(autouse=True)
-def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Iterator[Recorder | None]:
-    """Record or replay this test's Anthropic traffic (autouse; higher-scoped fixtures are not recorded)."""
-    item = request.node
-    session = item.config.stash[_SESSION]
-    options = _marker_kwargs(item)
-    if options.get("record") is False or _uses_pytest_recording(item):
-        yield None
-        return
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """Record or replay this test's Anthropic traffic from before its fixtures are set up (so
+    function-scoped fixtures are recorded; higher-scoped ones are not). The innermost wrapper:
+    other plugins' setup (logging, capture) has run when this one fails the test."""
+    if _wants_recorder(item):
+        session = item.config.stash[_SESSION]
+        try:
+            run = session.open_test(item.nodeid, _cassette_of(item, session, _marker_kwargs(item)))
+        except TokenBudgetError as error:
+            error.test = item.nodeid
+            pytest.fail(error.render(), pytrace=False)
+        run.enter()
+        item.stash[_RUN] = run
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """After the test's fixtures are torn down: stop routing, save what it recorded, keep its result."""
     try:
-        run = session.open_test(item.nodeid, _cassette_of(item, session, options))
-    except TokenBudgetError as error:
-        error.test = item.nodeid
-        pytest.fail(error.render(), pytrace=False)
-    item.stash[_RUN] = run
-    with run.active() as recorder:
-        yield recorder
-    del item.stash[_RUN]  # items live to the session's end; their recorders need not
+        return (yield)
+    finally:
+        run = item.stash.get(_RUN, None)
+        if run is not None:
+            del item.stash[_RUN]  # items live to the session's end; their recorders need not
+            _close(item, run)
+
+
+def _wants_recorder(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("token_budget")
+    if marker is not None and marker.kwargs.get("record") is False:
+        return False
+    return not _uses_pytest_recording(item)
+
+
+def _close(item: pytest.Item, run: TestRun) -> None:
+    run.exit()
+    session = item.config.stash[_SESSION]
     outcome = session.close_test(run, lambda: _budget_of(item))
     item.user_properties.extend(session.properties(item.nodeid))  # JUnit XML (the teardown report's)
     if isinstance(outcome, TokenBudgetError):
         pytest.fail(outcome.render(), pytrace=False)
+
+
+@pytest.fixture
+def _tokenbudget_recorder(request: pytest.FixtureRequest) -> Recorder | None:
+    """This test's recorder (``None`` when it is not recorded)."""
+    run = request.node.stash.get(_RUN, None)
+    return run.recorder if run is not None else None
 
 
 @pytest.fixture

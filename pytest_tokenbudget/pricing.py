@@ -66,7 +66,6 @@ prices are named in the notes of the turns that use them.
 
 from __future__ import annotations
 
-import enum
 import functools
 import importlib.metadata
 import math
@@ -78,6 +77,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._modes import PriceAt
 from ._validate import json_path, line_of, load_yaml
 from .errors import ConfigError, PriceError
 from .ledger import TokenCounts, Turn, _dig, token_counts
@@ -107,13 +107,6 @@ UNATTRIBUTED = "unattributed"
 
 DEFAULT_PRICE_FILE = "tokenbudget-prices.yaml"
 """The override file name suggested in error messages."""
-
-
-class PriceAt(enum.StrEnum):
-    """When a turn is priced: at one fixed instant for the run, or at its recording time."""
-
-    NOW = "now"
-    RECORDED = "recorded"
 
 
 TIMESTAMP_POLICIES = tuple(policy.value for policy in PriceAt)

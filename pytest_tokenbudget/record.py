@@ -19,7 +19,6 @@ Failures are raised as :class:`~pytest_tokenbudget.errors.ReplayInterrupt`, whic
 from __future__ import annotations
 
 import builtins
-import enum
 import functools
 import importlib.util
 import json
@@ -35,13 +34,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .cassette import REDACTED, Body, Cassette, Interaction, _decompress, load_cassette, save_cassette
+from ._modes import RecordMode
+from .cassette import REDACTED, Body, Cassette, Interaction
 from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
-from .ledger import Ledger, turns_from
-from .prefix import Difference, first_difference
+
+if TYPE_CHECKING:
+    # The cassette reader and writer, the ledger and the prefix comparison load when first
+    # needed: a test with no cassette and no API call needs none of them.
+    from .ledger import Ledger
+    from .prefix import Difference
 
 __all__ = [
     "PLACEHOLDER_API_KEY",
@@ -65,20 +69,6 @@ _LOOKAHEAD = 32
 _REDACTED_BYTES = REDACTED.encode("utf-8")
 _RETRYABLE = frozenset({408, 409, 429})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
-
-
-class RecordMode(enum.StrEnum):
-    """When a test's traffic is recorded (vcrpy's modes).
-
-    ``none``: replay only, never record (default). ``once``: record when the cassette does not
-    exist, else replay only. ``new_episodes``: replay what is recorded, record the rest.
-    ``all``: record everything again, replay nothing.
-    """
-
-    NONE = "none"
-    ONCE = "once"
-    NEW_EPISODES = "new_episodes"
-    ALL = "all"
 
 
 def secrets_from_environment(environ: Mapping[str, str] | None = None) -> set[str]:
@@ -385,6 +375,8 @@ class Recorder:
         raw = response["body"]["string"] or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
+        from .cassette import _decompress
+
         raw = _decompress(raw, response_headers.pop("content-encoding", []), self.cassette_path, len(self.recorded))
         with self._lock:
             pending = self._pending.pop(id(request), None)
@@ -540,6 +532,8 @@ class Recorder:
         # The live ``token_ledger`` asks on every access; exchanges only grow, so their count
         # says whether the last ledger is still the current one.
         if self._ledger is None or self._ledger[0] != len(exchanges):
+            from .ledger import turns_from
+
             self._ledger = (len(exchanges), turns_from(exchanges, source=self.cassette_path, test=self.test))
         return self._ledger[1]
 
@@ -557,6 +551,8 @@ class Recorder:
         if interactions is None:
             return False
         renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
+        from .cassette import save_cassette
+
         save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
         return True
 
@@ -710,6 +706,8 @@ def _compare(recorded: Body, body: bytes) -> tuple[Difference | None, bool]:
         old = recorded.json()
     except ValueError:
         return None, recorded.raw == body
+    from .prefix import first_difference
+
     difference = first_difference(old, new)
     return difference, difference is None
 
@@ -757,6 +755,8 @@ def open_recorder(
     """
     loaded: Cassette | None = None
     if mode is not RecordMode.ALL and os.path.exists(path):
+        from .cassette import load_cassette
+
         loaded = load_cassette(path)
     return Recorder(
         path,
@@ -840,6 +840,8 @@ def ledger_of_vcr_cassette(vcr_cassette: Any) -> Ledger:
         for index, (request, response) in enumerate(vcr_cassette.data)
         if vcr_cassette.play_counts[index] > 0 or index >= loaded
     ]
+    from .ledger import turns_from
+
     return turns_from(used, source=str(vcr_cassette._path))
 
 

@@ -23,23 +23,48 @@ from this package, not from them.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._model import FORMAT, Body, Cassette, Interaction, endpoint_of
-from ._read import load_cassette, parse_cassette
-from ._vcr import TokenBudgetPersister, vcr_serializer
-from ._write import dump_cassette, save_cassette
 
 # isort: split
-# Public names that are not part of ``__all__``.
+from ._model import REDACTED as REDACTED  # public, not in ``__all__``
+from ._model import _Encoder as _Encoder  # private, for the package's own modules and tests
 from ._model import apply_ops as apply_ops
-from ._read import iter_cassette_files as iter_cassette_files
-from ._write import REDACTED as REDACTED
-from ._write import diff_ops as diff_ops
 
-# isort: split
-# Private names, imported here for the package's own modules and its tests.
-from ._model import _Encoder as _Encoder
-from ._read import _decompress as _decompress
-from ._vcr import _from_vcr_dict as _from_vcr_dict
+if TYPE_CHECKING:
+    from ._read import _decompress as _decompress
+    from ._read import iter_cassette_files as iter_cassette_files
+    from ._read import load_cassette, parse_cassette
+    from ._vcr import TokenBudgetPersister, vcr_serializer
+    from ._vcr import _from_vcr_dict as _from_vcr_dict
+    from ._write import diff_ops as diff_ops
+    from ._write import dump_cassette, save_cassette
+
+# The readers and writers (and YAML) load when first used: a test with no cassette needs none.
+_LAZY = {
+    "_decompress": "_read",
+    "iter_cassette_files": "_read",
+    "load_cassette": "_read",
+    "parse_cassette": "_read",
+    "TokenBudgetPersister": "_vcr",
+    "vcr_serializer": "_vcr",
+    "_from_vcr_dict": "_vcr",
+    "diff_ops": "_write",
+    "dump_cassette": "_write",
+    "save_cassette": "_write",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FORMAT",

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+REDACTED = "<redacted>"  # what a secret is replaced with in a written cassette
+
 FORMAT = "pytest-tokenbudget/1"
 
 # JSON encodings a body may be rebuilt with: (separators, ensure_ascii). The anthropic SDK 2.x

@@ -23,9 +23,8 @@ import yaml
 from .._atomic import write_atomic
 from ..errors import CassetteError
 from ..prefix import format_path
-from ._model import _STYLES, FORMAT, Body, Interaction, _encode, apply_ops
+from ._model import _STYLES, FORMAT, REDACTED, Body, Interaction, _encode, apply_ops
 
-REDACTED = "<redacted>"
 _HEADER_COMMENT = (
     "# Recorded by pytest-tokenbudget; replayed offline by its pytest plugin.\n"
     "# Request bodies are stored parsed; 'extends: N' + 'ops' = interaction N's body with these edits.\n"
