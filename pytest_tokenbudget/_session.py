@@ -8,13 +8,20 @@ from __future__ import annotations
 import pickle
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ReplayInterrupt, TokenBudgetError, TokenBudgetWarning
-from .record import Recorder, open_recorder, placeholder_key, replays_only, unrouted_clients
+from .record import (
+    Recorder,
+    Route,
+    clear_placeholder_key,
+    open_recorder,
+    replays_only,
+    set_placeholder_key,
+    unrouted_clients,
+)
 
 if TYPE_CHECKING:
     # The pipeline, prices and reports load when a test first makes an API call (or the session
@@ -41,20 +48,28 @@ class TestRun:
     body_passed: bool = False
     evaluation: Evaluation | None = None
 
-    _routing: ExitStack | None = None
+    _route: Route | None = None
+    _placed_key: bool = False
 
     def enter(self) -> None:
         """From now on the test's traffic goes to its recorder (a placeholder key when it only replays)."""
-        stack = ExitStack()
-        stack.enter_context(placeholder_key(replays_only(self.recorder)))
-        stack.enter_context(self.recorder.patched())
-        self._routing = stack
+        self._placed_key = set_placeholder_key(replays_only(self.recorder))
+        try:
+            self._route = self.recorder.route()
+        except BaseException:
+            self.exit()
+            raise
 
     def exit(self) -> None:
         """Stop routing the test's traffic (undo :meth:`enter`); harmless when not entered."""
-        routing, self._routing = self._routing, None
-        if routing is not None:
-            routing.close()
+        route, self._route = self._route, None
+        try:
+            if route is not None:
+                route.close()
+        finally:
+            if self._placed_key:
+                self._placed_key = False
+                clear_placeholder_key()
 
 
 @dataclass

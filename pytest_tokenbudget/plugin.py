@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 _SESSION = pytest.StashKey[RunSession]()
 _RUN = pytest.StashKey[TestRun]()
+_MARKS = pytest.StashKey["dict[str, Any]"]()  # the test's token_budget keywords, read once
 
 _MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette")
 _MARKER_HELP = (
@@ -59,6 +60,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _check_marker(item: pytest.Item) -> None:
     marker = item.get_closest_marker("token_budget")
+    item.stash[_MARKS] = dict(marker.kwargs) if marker is not None else {}
     if marker is None:
         return
     if marker.args:
@@ -79,8 +81,11 @@ def _check_marker(item: pytest.Item) -> None:
 
 
 def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
-    marker = item.get_closest_marker("token_budget")
-    return dict(marker.kwargs) if marker is not None else {}
+    kwargs = item.stash.get(_MARKS, None)
+    if kwargs is None:  # the marker is looked up once per test (it walks the node chain)
+        marker = item.get_closest_marker("token_budget")
+        kwargs = item.stash[_MARKS] = dict(marker.kwargs) if marker is not None else {}
+    return kwargs
 
 
 def _budget_of(item: pytest.Item) -> Budget:
@@ -92,7 +97,7 @@ def _budget_of(item: pytest.Item) -> Budget:
 
 
 def _uses_pytest_recording(item: pytest.Item) -> bool:
-    return item.get_closest_marker("vcr") is not None and item.config.pluginmanager.hasplugin("recording")
+    return item.config.pluginmanager.hasplugin("recording") and item.get_closest_marker("vcr") is not None
 
 
 def _cassette_of(item: pytest.Item, session: RunSession, options: dict[str, Any]) -> Path:
@@ -101,7 +106,7 @@ def _cassette_of(item: pytest.Item, session: RunSession, options: dict[str, Any]
         return path if path.is_absolute() else session.settings.cassette_dir / path
     cls = getattr(item, "cls", None)
     class_name = cls.__name__ if cls is not None else None
-    return cassette_path(session.settings.cassette_dir, Path(item.path), item.name, class_name)
+    return cassette_path(session.settings.cassette_dir, item.path, item.name, class_name)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -134,10 +139,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _wants_recorder(item: pytest.Item) -> bool:
-    marker = item.get_closest_marker("token_budget")
-    if marker is not None and marker.kwargs.get("record") is False:
-        return False
-    return not _uses_pytest_recording(item)
+    return _marker_kwargs(item).get("record") is not False and not _uses_pytest_recording(item)
 
 
 def _close(item: pytest.Item, run: TestRun) -> None:

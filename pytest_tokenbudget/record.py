@@ -52,7 +52,9 @@ __all__ = [
     "Departure",
     "RecordMode",
     "Recorder",
+    "Route",
     "cassette_path",
+    "clear_placeholder_key",
     "count_tokens_live",
     "ledger_of_vcr_cassette",
     "open_recorder",
@@ -60,6 +62,7 @@ __all__ = [
     "record_command",
     "replays_only",
     "secrets_from_environment",
+    "set_placeholder_key",
     "unrouted_clients",
 ]
 
@@ -563,8 +566,33 @@ class Recorder:
         vcrpy's patchers are built once per process (see :class:`_Dispatcher`) and applied for
         the block; building them anew for every test cost more than the rest of the plugin.
         """
-        with _DISPATCHER.routing(self):
+        route = self.route()
+        try:
             yield self
+        finally:
+            route.close()
+
+    def route(self) -> Route:
+        """Route the HTTP clients' traffic to this recorder until the returned route is closed
+        (:meth:`patched` without a ``with`` block, for a test's setup and teardown hooks)."""
+        return _DISPATCHER.route(self)
+
+
+class Route:
+    """An open route of the clients' calls to one recorder (:meth:`Recorder.route`); close it once."""
+
+    __slots__ = ("_dispatcher", "previous", "watcher")
+
+    def __init__(self, dispatcher: _Dispatcher, previous: Recorder | None) -> None:
+        self._dispatcher: _Dispatcher | None = dispatcher
+        self.previous = previous
+        self.watcher: _PatchOnImport | None = None
+
+    def close(self) -> None:
+        """Stop routing (undo what opening it did); harmless the second time."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            dispatcher._unroute(self)
 
 
 class _Dispatcher:
@@ -601,31 +629,33 @@ class _Dispatcher:
     def skip_patchers(self) -> tuple[str, ...]:
         return _absent_clients()
 
-    @contextmanager
-    def routing(self, recorder: Recorder) -> Iterator[None]:
-        previous = self.recorder
+    def route(self, recorder: Recorder) -> Route:
+        """Hand the clients' calls to ``recorder`` until the route is closed (routes nest)."""
+        route = Route(self, self.recorder)
         self.recorder = recorder
         self._depth += 1
+        if self._depth > 1:
+            return route  # nested (a pytester session inside a test): the outermost route patches
         try:
-            if self._depth > 1:
-                # Nested (a pytester session inside a test): the outermost block patches.
-                yield
-                return
-            watcher = None
             if _clients_loaded():
                 self._apply()
             else:
-                watcher = self._watcher
-                watcher.install()
-            try:
-                yield
-            finally:
-                if watcher is not None:
-                    watcher.remove()
+                route.watcher = self._watcher
+                route.watcher.install()
+        except BaseException:
+            route.close()
+            raise
+        return route
+
+    def _unroute(self, route: Route) -> None:
+        try:
+            if self._depth == 1:
+                if route.watcher is not None:
+                    route.watcher.remove()
                 self._restore()
         finally:
             self._depth -= 1
-            self.recorder = previous
+            self.recorder = route.previous
 
     def missed_clients(self) -> list[str]:
         """HTTP client libraries the running test loaded without an import statement, before
@@ -776,20 +806,32 @@ def replays_only(recorder: Recorder) -> bool:
 
 @contextmanager
 def placeholder_key(needed: bool) -> Iterator[None]:
-    """Set ``ANTHROPIC_API_KEY`` to a placeholder for the block when it is unset and ``needed``.
+    """Set ``ANTHROPIC_API_KEY`` to a placeholder for the block when it is unset and ``needed``
+    (:func:`set_placeholder_key` and :func:`clear_placeholder_key` around the block)."""
+    placed = set_placeholder_key(needed)
+    try:
+        yield
+    finally:
+        if placed:
+            clear_placeholder_key()
+
+
+def set_placeholder_key(needed: bool) -> bool:
+    """Set ``ANTHROPIC_API_KEY`` to a placeholder when it is unset and ``needed``; say whether it did.
 
     The SDK refuses to build a request without some credential, even in replay; the placeholder
     never reaches a cassette (nothing is recorded in replay, and headers are not stored).
     """
     if not needed or os.environ.get("ANTHROPIC_API_KEY"):
-        yield
-        return
+        return False
     os.environ["ANTHROPIC_API_KEY"] = PLACEHOLDER_API_KEY
-    try:
-        yield
-    finally:
-        if os.environ.get("ANTHROPIC_API_KEY") == PLACEHOLDER_API_KEY:
-            del os.environ["ANTHROPIC_API_KEY"]
+    return True
+
+
+def clear_placeholder_key() -> None:
+    """Remove the placeholder :func:`set_placeholder_key` set (a key the test set itself stays)."""
+    if os.environ.get("ANTHROPIC_API_KEY") == PLACEHOLDER_API_KEY:
+        del os.environ["ANTHROPIC_API_KEY"]
 
 
 _COUNT_FIELDS = (
