@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._estimate import Estimate, RecordedTokens
 from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
 from .ledger import Ledger, Turn
 from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
@@ -155,6 +156,7 @@ class TurnCache:
     notes: tuple[str, ...] = ()
     estimated_usage: Mapping[str, Any] | None = None
     estimate_method: str | None = None
+    estimated_model: str | None = None
 
     @property
     def level(self) -> str | None:
@@ -448,21 +450,73 @@ def analyze(
     """
     turns = ledger.turns if isinstance(ledger, Ledger) else list(ledger)
     changed = changed or {}
-    memo = LayoutMemo()  # shared by the ratio and the turns below: each block is canonicalised once
-    ratio = 0.25
+    counted = counted or {}
+    memo = LayoutMemo()  # shared by both passes: each block is canonicalised once
+    recorded: tuple[RecordedTokens, _Tokens] | None = None
     if changed:
-        ratio = (
-            _tokens_per_char([t for t in turns if t.index not in changed], memo)
-            or _tokens_per_char(turns, memo)
-            or ratio
-        )
+        recorded = _recorded_tokens(turns, changed, memo)
+
+    def estimate_of(turn: Turn, layout: PromptLayout) -> Estimate | None:
+        if turn.index not in changed or recorded is None:
+            return None
+        counts, anchors = recorded
+        if turn.index in counted:
+            total = counted[turn.index]
+            return Estimate(total, (), (), f"count_tokens API: {total:,} input tokens")
+        tail = anchors.tail.get(layout.model, anchors.tail.get(_recorded_model(turn, changed), 0))
+        return counts.estimate(layout, recorded_key=turn.index, known=anchors.known, tail=tail)
+
+    return _run(turns, lambda turn: turn.request, memo, estimate_of)
+
+
+def apply_estimates(ledger: Ledger, analysis: CacheAnalysis) -> Ledger:
+    """``ledger`` with the usage of changed turns replaced by the analysis' estimates.
+
+    Each estimated turn keeps its recorded usage in ``recorded_usage`` and says how it was
+    estimated in ``estimate_method``; it is priced as it is asked now: at the model the request
+    names (when it changed), with the ``speed`` and ``service_tier`` it asks for. Other turns
+    are the same objects.
+    """
+    turns = list(ledger.turns)
+    for result in analysis.turns:
+        if result.estimated_usage is not None:
+            turn = turns[result.turn]
+            usage = {**turn.usage, **result.estimated_usage}
+            request = turn.request if isinstance(turn.request, Mapping) else {}
+            speed = request.get("speed")
+            if speed is not None:
+                usage["speed"] = speed
+            elif usage.get("speed") == "fast":
+                usage["speed"] = "standard"  # fast mode is asked per request: no longer asked
+            if request.get("service_tier") == "standard_only" and usage.get("service_tier") == "priority":
+                usage["service_tier"] = "standard"
+            turns[result.turn] = replace(
+                turn,
+                model=result.estimated_model or turn.model,
+                usage=usage,
+                estimate_method=result.estimate_method,
+                recorded_usage=turn.usage,
+            )
+    return Ledger(turns, ledger.exchanges, ledger.source)
+
+
+def _run(
+    turns: Sequence[Turn],
+    body_of: Any,
+    memo: LayoutMemo,
+    estimate_of: Any = None,
+    tokens: _Tokens | None = None,
+    layouts: dict[int, PromptLayout] | None = None,
+) -> CacheAnalysis:
+    """One pass over the turns: each request's layout, its cache outcome and verdict, in order."""
     analysis = CacheAnalysis()
     store = CacheStore()
-    tokens = _Tokens()
+    tokens = tokens if tokens is not None else _Tokens()
     previous_by_model: dict[str, tuple[int, PromptLayout, Sequence[int]]] = {}
     last_time: dict[str, float] = {}
     for turn in turns:
-        request = turn.request if isinstance(turn.request, Mapping) else None
+        raw = body_of(turn)
+        request = raw if isinstance(raw, Mapping) else None
         if request is None or not isinstance(request.get("messages"), list):
             analysis.turns.append(
                 TurnCache(
@@ -481,11 +535,9 @@ def analyze(
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
         layout = layout_of(body, memo)
-        estimate = None
-        if turn.index in changed and counted and turn.index in counted:
-            estimate = (counted[turn.index], f"count_tokens API: {counted[turn.index]:,} input tokens")
-        elif turn.index in changed:
-            estimate = _estimate_total(turn, layout, changed[turn.index], ratio, memo)
+        if layouts is not None:
+            layouts[turn.index] = layout
+        estimate = estimate_of(turn, layout) if estimate_of is not None else None
         result = _analyse_turn(turn, layout, store, tokens, previous_by_model, last_time, estimate)
         analysis.turns.append(result)
         if result.divergence is not None:
@@ -494,52 +546,32 @@ def analyze(
     return analysis
 
 
-def apply_estimates(ledger: Ledger, analysis: CacheAnalysis) -> Ledger:
-    """``ledger`` with the usage of changed turns replaced by the analysis' estimates.
-
-    Each estimated turn keeps its recorded usage in ``recorded_usage`` and says how it was
-    estimated in ``estimate_method``; other turns are the same objects.
-    """
-    turns = list(ledger.turns)
-    for result in analysis.turns:
-        if result.estimated_usage is not None:
-            turn = turns[result.turn]
-            turns[result.turn] = replace(
-                turn,
-                usage={**turn.usage, **result.estimated_usage},
-                estimate_method=result.estimate_method,
-                recorded_usage=turn.usage,
-            )
-    return Ledger(turns, ledger.exchanges, ledger.source)
+def _recorded_model(turn: Turn, changed: Mapping[int, Mapping[str, Any]]) -> str:
+    return str(changed[turn.index].get("model") or turn.requested_model or turn.model)
 
 
-def _request_chars(request: Mapping[str, Any], memo: LayoutMemo) -> int:
-    return sum(len(block.canonical) for block in layout_of(request, memo).blocks)
-
-
-def _tokens_per_char(turns: Sequence[Turn], memo: LayoutMemo) -> float | None:
-    """Input tokens per canonical character over turns with a request body (the recording's ratio)."""
-    tokens = chars = 0
-    for turn in turns:
-        if isinstance(turn.request, Mapping) and isinstance(turn.request.get("messages"), list):
-            tokens += turn.total_input_tokens
-            chars += _request_chars(turn.request, memo)
-    return tokens / chars if chars and tokens else None
-
-
-def _estimate_total(
-    turn: Turn, layout: PromptLayout, recorded: Mapping[str, Any], ratio: float, memo: LayoutMemo
-) -> tuple[int, str]:
-    """Total input tokens of a changed request, and how they were estimated."""
-    new_chars = sum(len(block.canonical) for block in layout.blocks)
-    old_chars = _request_chars(recorded, memo)
-    delta = new_chars - old_chars
-    total = max(0, turn.total_input_tokens + round(delta * ratio))
-    method = (
-        f"recorded {turn.total_input_tokens:,} input tokens {'+' if delta >= 0 else '-'} {abs(delta):,} "
-        f"characters x {ratio:.4f} tokens/character (this recording's own ratio) = {total:,}"
-    )
-    return total, method
+def _recorded_tokens(
+    turns: Sequence[Turn], changed: Mapping[int, Mapping[str, Any]], memo: LayoutMemo
+) -> tuple[RecordedTokens, _Tokens]:
+    """A pass over the requests as they were recorded: the exact counts the recording gives
+    (anchors by prefix fingerprint, each model's tail) and the densities fitted to them."""
+    tokens = _Tokens()
+    layouts: dict[int, PromptLayout] = {}
+    _run(turns, lambda turn: changed.get(turn.index, turn.request), memo, tokens=tokens, layouts=layouts)
+    counts = RecordedTokens()
+    by_index = {turn.index: turn for turn in turns}
+    for index, layout in layouts.items():
+        if not layout.blocks:
+            continue
+        last = len(layout.blocks) - 1
+        anchors = [(i, tokens.known[fp]) for i, fp in enumerate(layout.chain[:last]) if fp in tokens.known]
+        end = tokens.known.get(layout.chain[last])
+        if end is None:
+            end = by_index[index].total_input_tokens - tokens.tail.get(layout.model, 0)
+        anchors.append((last, end))
+        counts.add(index, layout, anchors)
+    counts.fit()
+    return counts, tokens
 
 
 def _flag_unread_breakpoints(analysis: CacheAnalysis, turns: Sequence[Turn]) -> None:
@@ -582,11 +614,18 @@ def _analyse_turn(
     tokens: _Tokens,
     previous_by_model: dict[str, tuple[int, PromptLayout, Sequence[int]]],
     last_time: dict[str, float],
-    estimate: tuple[int, str] | None = None,
+    estimate: Estimate | None = None,
 ) -> TurnCache:
     model_key = layout.model
-    total = turn.total_input_tokens if estimate is None else estimate[0]
-    cumulative, estimated = tokens.cumulative(layout, total)
+    total = turn.total_input_tokens if estimate is None else estimate.total
+    cumulative: Sequence[int]
+    estimated: Sequence[bool]
+    extra = 0
+    if estimate is not None and estimate.cumulative:
+        cumulative, estimated = estimate.cumulative, [not exact for exact in estimate.exact]
+        extra = max(0, estimate.total - cumulative[-1])
+    else:
+        cumulative, estimated = tokens.cumulative(layout, total)
     minimum, minimum_sure = minimum_cacheable(layout.model)
     now = turn.recorded_at if turn.recorded_at is not None else last_time.get(model_key, 0.0) + 1.0
     notes: list[str] = []
@@ -634,6 +673,36 @@ def _analyse_turn(
     if not layout.breakpoints:
         previous_by_model[model_key] = (turn.index, layout, cumulative)
         last_time[model_key] = now
+        if estimate is not None:
+            notes.append(f"request changed since recording: usage estimated ({estimate.method})")
+            result = _finish(
+                turn,
+                "no_cache_control",
+                "no cache_control on any block: nothing is cached",
+                infos,
+                0,
+                0,
+                False,
+                divergence,
+                notes,
+            )
+            usage = {
+                "input_tokens": total,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                "output_tokens": turn.output_tokens,
+            }
+            return TurnCache(
+                **{
+                    **_fields(result),
+                    "estimated_usage": usage,
+                    "estimate_method": estimate.method,
+                    "estimated_model": estimate.model,
+                    "recorded_read": 0,
+                    "recorded_write": 0,
+                }
+            )
         if recorded_read or recorded_write:
             verdict, reason = (
                 "warm_from_outside",
@@ -646,7 +715,7 @@ def _analyse_turn(
             verdict, reason = "no_cache_control", "no cache_control on any block: nothing is cached"
         return _finish(turn, verdict, reason, infos, 0, 0, False, divergence, notes)
 
-    outcome = simulate(layout, cumulative, store, now, minimum=minimum)
+    outcome = simulate(layout, cumulative, store, now, minimum=minimum, extra_input_tokens=extra)
     predicted_read = outcome.cache_read_input_tokens
     predicted_write = outcome.cache_creation_input_tokens
     estimated_usage = None
@@ -654,7 +723,7 @@ def _analyse_turn(
         # No recording of this request exists: the model's prediction stands in for it.
         recorded_read, recorded_write = predicted_read, predicted_write
         estimated_usage = {**outcome.usage(), "output_tokens": turn.output_tokens}
-        notes.append(f"request changed since recording: usage estimated ({estimate[1]})")
+        notes.append(f"request changed since recording: usage estimated ({estimate.method})")
     estimate_flags = [estimated[p.block] for p in outcome.written]
     if outcome.hit_block is not None:
         estimate_flags.append(
@@ -696,7 +765,8 @@ def _analyse_turn(
             **{
                 **_fields(result),
                 "estimated_usage": estimated_usage,
-                "estimate_method": estimate[1],
+                "estimate_method": estimate.method,
+                "estimated_model": estimate.model,
                 "recorded_read": predicted_read,
                 "recorded_write": predicted_write,
             }

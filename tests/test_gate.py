@@ -115,8 +115,10 @@ def test_edit_after_the_last_breakpoint_passes_with_an_estimated_cost_change(rec
     turns = read_json(recorded.path / "report.json")["tests"][0]["turns"]
     assert [t["cache"]["verdict"] for t in turns] == ["write", "hit", "hit"]
     method = turns[0]["cache"]["estimated"]["method"]
+    # The cached prefix keeps its recorded 1,447 tokens exactly; only the edited message is estimated.
     assert method == (
-        "recorded 1,460 input tokens + 8 characters x 0.2500 tokens/character (this recording's own ratio) = 1,462"
+        "1,462 input tokens: 1,447 kept as recorded (1 unchanged block(s)); "
+        "estimated 15 for 1 changed block(s): messages[0].content edited (13 -> 15)"
     )
 
 
