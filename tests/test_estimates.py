@@ -1,0 +1,154 @@
+"""End to end: the gate's estimate of a changed prompt against the truth, for a matrix of changes.
+
+Each scenario is one test of one agent project. The project is recorded through the emulator
+and a baseline written; then every test's prompt is changed and the gate runs offline (its
+costs are estimates from the old recordings); then the same changed project is re-recorded
+through the emulator (the truth). Every estimated cost must be within 3% of the truth.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from conftest import NETWORK_GUARD, read_json
+
+pytestmark = pytest.mark.usefixtures("no_api_key")
+
+AGENT = '''
+import anthropic
+from pytest_tokenbudget.emulator import Reply
+
+POLICY = "Refunds above 100 EUR need a reason; orders older than 30 days go to a human. "
+TOOLS = [
+    {"name": "search_orders", "description": "Find orders by id or e-mail. " * 30,
+     "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}},
+                      "required": ["order_id"]}},
+    {"name": "refund", "description": "Refund one order line. " * 30,
+     "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"},
+                                                       "amount": {"type": "number"}}}},
+]
+EXTRA_TOOL = {"name": "escalate", "description": "Hand the case to a human agent. " * 40,
+              "input_schema": {"type": "object", "properties": {"reason": {"type": "string"}}}}
+HISTORY = [m for k in range(5) for m in (
+    {"role": "user", "content": f"Earlier question {k}: where is parcel {k}? " * 6},
+    {"role": "assistant", "content": f"Parcel {k} left the depot on day {k}. " * 6},
+)]
+
+
+def run(emulator, *, model="claude-sonnet-4-6", policy=40, tools=TOOLS, cache="5m", history=(),
+        tail=""):
+    emulator.script(Reply.tool_use("search_orders", {"order_id": "42"}),
+                    Reply.text("Order 42 is on its way."), Reply.text("Anything else?"))
+    client = anthropic.Anthropic()
+    system = {"type": "text", "text": "You are the refund agent of the shop. " + POLICY * policy}
+    if cache == "1h":
+        system["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    elif cache == "5m":
+        system["cache_control"] = {"type": "ephemeral"}
+    messages = [*history, {"role": "user", "content": "Where is my order 42?" + tail}]
+    for k in range(3):
+        reply = client.messages.create(model=model, max_tokens=128, system=[system], tools=tools,
+                                       messages=messages)
+        messages.append({"role": "assistant",
+                         "content": [b.model_dump(exclude_none=True, mode="json") for b in reply.content]})
+        if reply.stop_reason == "tool_use":
+            messages.append({"role": "user", "content": [{
+                "type": "tool_result", "tool_use_id": reply.content[0].id,
+                "content": "order 42: 2 lines, shipped on Monday, parcel GLS-7781. " * 12}]})
+        else:
+            messages.append({"role": "user", "content": f"And then? ({k})"})
+'''
+
+# name: (the recorded call, the changed call)
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "system_plus_25pct": ("run(anthropic_emulator)", "run(anthropic_emulator, policy=50)"),
+    "system_cut_to_a_third": ("run(anthropic_emulator)", "run(anthropic_emulator, policy=13)"),
+    "one_tool_added": ("run(anthropic_emulator)", "run(anthropic_emulator, tools=[*TOOLS, EXTRA_TOOL])"),
+    "one_tool_schema_changed": (
+        "run(anthropic_emulator)",
+        'run(anthropic_emulator, tools=[TOOLS[0], {**TOOLS[1], "input_schema": {"type": "object", '
+        '"properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}, '
+        '"reason": {"type": "string", "description": "why the refund is due, in one sentence"}}}}])',
+    ),
+    "model_switch_no_cache": (
+        'run(anthropic_emulator, model="claude-haiku-4-5", cache=None)',
+        'run(anthropic_emulator, model="claude-opus-4-1", cache=None)',
+    ),
+    "model_switch_cached": (
+        'run(anthropic_emulator, model="claude-haiku-4-5", policy=80)',
+        'run(anthropic_emulator, model="claude-sonnet-4-6", policy=80)',
+    ),
+    "five_turns_of_history_added": ("run(anthropic_emulator)", "run(anthropic_emulator, history=HISTORY)"),
+    "ttl_1h_to_5m": ('run(anthropic_emulator, cache="1h")', 'run(anthropic_emulator, cache="5m")'),
+    "tail_edited": ("run(anthropic_emulator)", 'run(anthropic_emulator, tail=" It was a gift.")'),
+}
+
+
+def _module(which: int) -> str:
+    tests = "".join(
+        f"\n\ndef test_{name}(anthropic_emulator):\n    {calls[which]}\n" for name, calls in SCENARIOS.items()
+    )
+    return textwrap.dedent(AGENT) + tests
+
+
+def _costs(report: dict[str, Any]) -> dict[str, tuple[Decimal, dict[str, int]]]:
+    out = {}
+    for test in report["tests"]:
+        name = test["id"].split("::test_", 1)[1]
+        out[name] = (Decimal(str(test["totals"]["cost_usd"])), test["totals"])
+    return out
+
+
+def test_every_estimate_is_within_3_percent_of_the_re_recorded_truth(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeconftest(NETWORK_GUARD)
+    pytester.makepyfile(test_agent=_module(0))
+    run = pytester.runpytest
+    run("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=len(SCENARIOS))
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    run("-p", "no:cacheprovider", "--token-budget-update").assert_outcomes(passed=len(SCENARIOS))
+    run("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=before.json").assert_outcomes(
+        passed=len(SCENARIOS)
+    )
+    before = _costs(read_json(pytester.path / "before.json"))
+
+    pytester.makepyfile(test_agent=_module(1))
+    run("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=estimate.json")
+    estimate = _costs(read_json(pytester.path / "estimate.json"))
+    estimated_turns = {
+        t["id"].split("::test_", 1)[1]: ["estimated" in turn.get("cache", {}) for turn in t["turns"]]
+        for t in read_json(pytester.path / "estimate.json")["tests"]
+    }
+
+    monkeypatch.delenv("TB_BLOCK_NETWORK")
+    run("-p", "no:cacheprovider", "--token-budget-record=all", "--token-budget-json=truth.json")
+    truth = _costs(read_json(pytester.path / "truth.json"))
+
+    rows = []
+    worst = Decimal(0)
+    for name in SCENARIOS:
+        est, true = estimate[name][0], truth[name][0]
+        error = (est - true) / true * 100
+        worst = max(worst, abs(error))
+        rows.append(
+            f"{name:<30} {before[name][0]:>10.6f} {est:>10.6f} {true:>10.6f} {error:>+7.2f}% "
+            f"{(true - before[name][0]) / before[name][0] * 100:>+8.1f}%"
+        )
+    table = "\n".join(
+        [f"{'scenario':<30} {'recorded':>10} {'estimate':>10} {'truth':>10} {'error':>8} {'change':>9}", *rows]
+    )
+    print(table)
+    assert all(any(flags) for flags in estimated_turns.values()), estimated_turns
+    assert worst <= 3, table
+
+    # Tail edited: the cached prefix is unchanged, so its recorded token count holds exactly.
+    def prefix_tokens(report: str) -> list[tuple[int, bool]]:
+        test = next(t for t in read_json(pytester.path / report)["tests"] if t["id"].endswith("tail_edited"))
+        return [(b["tokens"], b["tokens_estimated"]) for turn in test["turns"] for b in turn["cache"]["breakpoints"]]
+
+    assert [tokens for tokens, _estimated in prefix_tokens("before.json")] == [1256, 1256, 1256]
+    assert prefix_tokens("estimate.json") == [(1256, False), (1256, False), (1256, False)]
