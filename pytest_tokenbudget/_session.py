@@ -213,6 +213,7 @@ class RunSession:
             against=(self.baseline or {}).get(recorder.test) if judged else None,
             count_tokens=settings.count_tokens,
             test_passed=test_passed,
+            require_prices=settings.report and not settings.allow_unpriced,
         )
 
     # ------------------------------------------------------------------ xdist

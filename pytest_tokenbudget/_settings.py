@@ -149,6 +149,12 @@ OPTIONS: tuple[Option, ...] = (
 _INI_ONLY: tuple[tuple[str, str, str, Any], ...] = (
     ("token_budget_allow_unused", "do not fail tests that leave recordings unplayed", "bool", False),
     (
+        "token_budget_allow_unpriced",
+        "under --token-budget, let a turn whose model has no price pass (its cost is n/a); off by default",
+        "bool",
+        False,
+    ),
+    (
         "token_budget_count_tokens",
         "with an API key, count changed requests' tokens with count_tokens",
         "bool",
@@ -210,6 +216,7 @@ class Settings:
         baseline_path: the baseline file.
         config: the config file's budgets.
         count_tokens: with a real key, count changed requests with the count_tokens API.
+        allow_unpriced: a turn whose model has no price does not fail the report's gate.
     """
 
     record_mode: RecordMode
@@ -226,6 +233,7 @@ class Settings:
     baseline_path: Path | None = None
     config: Config = field(default_factory=Config)
     count_tokens: bool = True
+    allow_unpriced: bool = False
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -296,4 +304,5 @@ def resolve(config: pytest.Config) -> Settings:
         baseline_path=rootdir / baseline,
         config=budgets,
         count_tokens=bool(config.getini("token_budget_count_tokens")),
+        allow_unpriced=bool(config.getini("token_budget_allow_unpriced")),
     )

@@ -81,6 +81,7 @@ def evaluate(
     against: BaselineEntry | None = None,
     count_tokens: bool = True,
     test_passed: bool = True,
+    require_prices: bool = False,
 ) -> Evaluation:
     """Ledger, estimates for changed requests, prices, cache analysis, budgets and the gate.
 
@@ -92,6 +93,8 @@ def evaluate(
         against: the baseline entry to judge the run against (``None``: no gate).
         count_tokens: with a real key, count changed requests with the count_tokens API.
         test_passed: the test's body passed.
+        require_prices: a turn that cannot be priced fails the test (the gate cannot judge
+            what it cannot price).
 
     Raises:
         TokenBudgetError: a recorded response cannot be read.
@@ -127,6 +130,8 @@ def evaluate(
     entry = result.entry = build_entry(
         nodeid, cassette_name(), ledger, pricer, analysis.turns if analysis is not None else None
     )
+    if require_prices and entry.cost_usd is None:
+        return Evaluation(result, _unpriced(entry, pricer, nodeid))
     totals = ledger.totals()
     estimated = any(t.estimated for t in ledger.turns)
     limits = budget()
@@ -157,6 +162,23 @@ def evaluate(
     if not breaches and not result.gate.failures:
         return Evaluation(result)
     return Evaluation(result, _failure(nodeid, breaches, result.gate, entry, recorder))
+
+
+def _unpriced(entry: TestEntry, pricer: Pricer, nodeid: str) -> TokenBudgetError:
+    """The price error of the first turn that cannot be priced, as the test's failure."""
+    item = next(t for t in entry.turns if t.cost is None)
+    try:
+        pricer.price(item.turn, test=nodeid)
+    except TokenBudgetError as error:
+        error.what = f"turn {item.turn.index} cannot be priced: {error.what}"
+        error.test = nodeid
+        error.fix = (
+            f"{error.fix}; or, to let unpriced models pass the gate, set token_budget_allow_unpriced = true"
+            if error.fix
+            else "set token_budget_allow_unpriced = true to let unpriced models pass the gate"
+        )
+        return error
+    return TokenBudgetError(f"turn {item.turn.index} cannot be priced", test=nodeid)  # pragma: no cover
 
 
 def _rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:

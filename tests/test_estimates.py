@@ -17,7 +17,7 @@ from conftest import NETWORK_GUARD, read_json
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
-AGENT = '''
+AGENT = """
 import anthropic
 from pytest_tokenbudget.emulator import Reply
 
@@ -60,7 +60,7 @@ def run(emulator, *, model="claude-sonnet-4-6", policy=40, tools=TOOLS, cache="5
                 "content": "order 42: 2 lines, shipped on Monday, parcel GLS-7781. " * 12}]})
         else:
             messages.append({"role": "user", "content": f"And then? ({k})"})
-'''
+"""
 
 # name: (the recorded call, the changed call)
 SCENARIOS: dict[str, tuple[str, str]] = {
@@ -152,3 +152,58 @@ def test_every_estimate_is_within_3_percent_of_the_re_recorded_truth(
 
     assert [tokens for tokens, _estimated in prefix_tokens("before.json")] == [1256, 1256, 1256]
     assert prefix_tokens("estimate.json") == [(1256, False), (1256, False), (1256, False)]
+
+
+def _one_test(pytester: pytest.Pytester, call: str) -> None:
+    pytester.makeconftest(NETWORK_GUARD)
+    pytester.makepyfile(test_agent=textwrap.dedent(AGENT) + f"\n\ndef test_agent(anthropic_emulator):\n    {call}\n")
+
+
+def _recorded_with_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    _one_test(pytester, call)
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=1)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-update").assert_outcomes(passed=1)
+
+
+def test_a_model_switch_is_priced_at_the_model_now_asked_for(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No cache_control, claude-haiku-4-5 ($1/$5) switched to claude-opus-4-1 ($15/$75): the gate fails offline."""
+    _recorded_with_baseline(pytester, monkeypatch, 'run(anthropic_emulator, model="claude-haiku-4-5", cache=None)')
+    _one_test(pytester, 'run(anthropic_emulator, model="claude-opus-4-1", cache=None)')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=r.json")
+    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*- cost $0.065385 (estimated) vs baseline $0.004359 (+$0.061026, +1400.0%): over the +10% threshold",
+            "*fix:  if intended, accept it:*",
+        ]
+    )
+    turns = read_json(pytester.path / "r.json")["tests"][0]["turns"]
+    assert [t["model"] for t in turns] == ["claude-opus-4-1"] * 3
+    assert [t["price"]["model_ref"] for t in turns] == ["claude-opus-4-1"] * 3
+    assert (
+        "priced at claude-opus-4-1, the model it now asks for (recorded: claude-haiku-4-5)"
+        in (turns[0]["cache"]["estimated"]["method"])
+    )
+
+
+def test_a_grown_system_prompt_is_estimated_close_to_the_truth_and_fails_at_20_percent(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system prompt grown by half (no caching): estimated and re-recorded cost agree within 3%."""
+    _recorded_with_baseline(pytester, monkeypatch, "run(anthropic_emulator, cache=None)")
+    (pytester.path / "tokenbudget.yaml").write_text("defaults:\n  max_cost_increase: 0.20\n")
+    _one_test(pytester, "run(anthropic_emulator, cache=None, policy=60)")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=estimate.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*- cost $0.016587 (estimated) vs baseline $0.013077 (+$0.003510, +26.8%): over the +20% threshold"]
+    )
+    monkeypatch.delenv("TB_BLOCK_NETWORK")
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=all", "--token-budget-json=truth.json")
+    estimate = Decimal(str(read_json(pytester.path / "estimate.json")["totals"]["cost_usd"]))
+    truth = Decimal(str(read_json(pytester.path / "truth.json")["totals"]["cost_usd"]))
+    assert (estimate, truth) == (Decimal("0.016587"), Decimal("0.016587"))

@@ -190,11 +190,33 @@ def test_quiet_without_turns(pytester: pytest.Pytester) -> None:
 
 
 def test_unknown_model_is_an_error_not_zero(pytester: pytest.Pytester) -> None:
-    """A turn of a model with no price is reported as a problem naming the model and the fix."""
+    """A turn of a model with no price fails the gate with the price error; a switch lets it pass as n/a."""
     _example_project(pytester)
     cassette = pytester.path / "cassettes/test_support_agent/test_streamed_answer.yaml"
     cassette.write_text(cassette.read_text().replace('"model":"claude-haiku-4-5"', '"model":"claude-secret-9"'))
-    result = pytester.runpytest("--token-budget", "--token-budget-json=report.json", "-p", "no:cacheprovider")
+    failed = pytester.runpytest("--token-budget", "-p", "no:cacheprovider")
+    failed.assert_outcomes(passed=2, failed=1)
+    assert failed.ret == pytest.ExitCode.TESTS_FAILED
+    failed.stdout.fnmatch_lines(
+        [
+            "*tokenbudget: turn 0 cannot be priced: no price for model 'claude-secret-9'",
+            "*test: test_support_agent.py::test_streamed_answer",
+            "*fix:  add 'claude-secret-9' to a price override file, e.g. tokenbudget-prices.yaml (format above), and "
+            "pass it: pytest --token-budget-prices tokenbudget-prices.yaml, or set token_budget_prices = "
+            "tokenbudget-prices.yaml in your ini; or, to let unpriced models pass the gate, set "
+            "token_budget_allow_unpriced = true",
+        ]
+    )
+    assert "Traceback" not in failed.stdout.str()
+
+    result = pytester.runpytest(
+        "--token-budget",
+        "--token-budget-json=report.json",
+        "-o",
+        "token_budget_allow_unpriced=true",
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(passed=3)
     document = read_json(pytester.path / "report.json")
     streamed = next(t for t in document["tests"] if t["id"].endswith("test_streamed_answer"))
