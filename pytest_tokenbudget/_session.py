@@ -16,6 +16,7 @@ from .errors import ReplayInterrupt, TokenBudgetError, TokenBudgetWarning
 from .record import (
     Recorder,
     Route,
+    accept_command,
     clear_placeholder_key,
     open_recorder,
     replays_only,
@@ -259,7 +260,15 @@ class RunSession:
         from .baseline import merge_baseline, write_baseline
         from .reports import GateKind, GateLine
 
-        fresh = {test: r.baseline for test, r in self.results.items() if r.baseline is not None and r.passed}
+        accept = self.settings.accept_estimates
+        fresh = {
+            test: r.baseline
+            for test, r in self.results.items()
+            if r.baseline is not None and r.passed and (accept or not r.baseline.estimated)
+        }
+        estimated = sorted(
+            test for test, r in self.results.items() if r.baseline is not None and r.passed and test not in fresh
+        )
         merged = merge_baseline(self.baseline, fresh, collected=self.collected, rootdir=self.settings.rootdir)
         write_baseline(path, merged.entries)
         lines = [f"baseline {self.settings.display_path(path)}: {len(merged.updated)} test(s) written"]
@@ -276,6 +285,18 @@ class RunSession:
         failed = sorted(test for test, r in self.results.items() if r.baseline is not None and not r.passed)
         if failed:
             lines.append(f"  not updated (the test failed): {', '.join(failed)}")
+        if estimated:
+            lines.append(
+                f"  not updated (its usage is estimated: the prompt changed since it was recorded): "
+                f"{', '.join(estimated)}"
+            )
+            lines.append(f"    measure it (needs an API key): {accept_command(estimated, measure=True)}")
+            lines.append(f"    or write the estimate, marked as estimated: {accept_command(estimated, measure=False)}")
+        written_estimates = sorted(test for test, entry in fresh.items() if entry.estimated)
+        if written_estimates:
+            lines.append(
+                f"  written as estimates (re-record with a key to measure them): {', '.join(written_estimates)}"
+            )
         return [GateLine(GateKind.INFO, line) for line in lines]
 
     def gate_lines(self) -> list[GateLine]:
@@ -299,6 +320,16 @@ class RunSession:
                 )
             lines.extend(GateLine(GateKind.FAIL, failure, test) for failure in result.gate.failures)
             lines.extend(GateLine(GateKind.NOTE, note, test) for note in result.gate_notes)
+        held = sorted(test for test, entry in self.baseline.items() if entry.estimated)
+        if held:
+            lines.append(
+                GateLine(
+                    GateKind.INFO,
+                    f"the baseline holds estimates, not measurements, for {len(held)} test(s): {', '.join(held[:5])}"
+                    + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+                    + f"; measure them with a key: {accept_command(held, measure=True)}",
+                )
+            )
         return lines
 
     def properties(self, nodeid: str) -> list[tuple[str, Any]]:

@@ -76,6 +76,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("", "report tokens and cost per test, and judge the run against the baseline.", action="store_true"),
     Option("update", "write the baseline from this run (implies --token-budget).", action="store_true"),
     Option(
+        "accept-estimates",
+        "with --token-budget-update: also write tests whose usage is estimated (their prompt changed since "
+        "recording), marked as estimated in the baseline; without it they are not written.",
+        action="store_true",
+    ),
+    Option(
         "baseline",
         f"the baseline file (default: {BASELINE_NAME} in the rootdir).",
         metavar="PATH",
@@ -216,6 +222,7 @@ class Settings:
         baseline_path: the baseline file.
         config: the config file's budgets.
         count_tokens: with a real key, count changed requests with the count_tokens API.
+        accept_estimates: ``--token-budget-accept-estimates``: the update writes estimated entries.
         allow_unpriced: a turn whose model has no price does not fail the report's gate.
     """
 
@@ -234,6 +241,7 @@ class Settings:
     config: Config = field(default_factory=Config)
     count_tokens: bool = True
     allow_unpriced: bool = False
+    accept_estimates: bool = False
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -305,4 +313,5 @@ def resolve(config: pytest.Config) -> Settings:
         config=budgets,
         count_tokens=bool(config.getini("token_budget_count_tokens")),
         allow_unpriced=bool(config.getini("token_budget_allow_unpriced")),
+        accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
     )

@@ -5,7 +5,6 @@ results; it writes nothing and knows nothing of pytest.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,7 +18,7 @@ from .errors import TokenBudgetError
 from .ledger import Ledger
 from .prefix import Difference
 from .pricing import Pricer
-from .record import Recorder, count_tokens_live
+from .record import Recorder, accept_command, count_tokens_live
 from .reports import TestEntry, build_entry
 
 __all__ = ["Evaluation", "TestResult", "baseline_entry", "evaluate"]
@@ -242,8 +241,9 @@ def _failure(
         )
     if gate.failures:
         fix = (
-            f"if intended, accept it: pytest {shlex.quote(nodeid)} --token-budget --token-budget-update "
-            "(then review the baseline's diff)"
+            f"if intended, accept it: with an API key, re-record and measure it: "
+            f"{accept_command([nodeid], measure=True)}; without one, write the estimate, marked as estimated: "
+            f"{accept_command([nodeid], measure=False)} (then review the baseline's diff)"
         )
     else:
         fix = "reduce the tokens, or raise the budget in the marker or tokenbudget.yaml"

@@ -53,6 +53,7 @@ __all__ = [
     "RecordMode",
     "Recorder",
     "Route",
+    "accept_command",
     "cassette_path",
     "clear_placeholder_key",
     "count_tokens_live",
@@ -765,6 +766,15 @@ def _module_dir(cassette_dir: Path, module: Path) -> Path:
 def record_command(nodeid: str, mode: str) -> str:
     """The command that re-runs one test in a record mode."""
     return f"pytest {shlex.quote(nodeid)} --token-budget-record={mode}"
+
+
+def accept_command(nodeids: Sequence[str], *, measure: bool) -> str:
+    """The command that accepts changed tests into the baseline: re-recorded and measured
+    (``measure``; needs an API key), or their estimates written, marked as estimated."""
+    tests = " ".join(shlex.quote(nodeid) for nodeid in nodeids)
+    if measure:
+        return f"pytest {tests} --token-budget-record=all --token-budget-update"
+    return f"pytest {tests} --token-budget-update --token-budget-accept-estimates"
 
 
 def open_recorder(

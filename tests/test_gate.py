@@ -93,7 +93,10 @@ def test_edit_before_the_breakpoint_fails_the_gate_with_path_and_offset(recorded
             "*- every live conversation rebuilds its cache: 1,447 cached tokens thrown away per run, about $0.004992 "
             "more per conversation",
             "*where the tokens went:",
-            "*fix:  if intended, accept it: pytest test_refund.py::test_refund --token-budget --token-budget-update*",
+            "*fix:  if intended, accept it: with an API key, re-record and measure it: pytest test_refund.py::test_refund "
+            "--token-budget-record=all --token-budget-update; without one, write the estimate, marked as estimated: "
+            "pytest test_refund.py::test_refund --token-budget-update --token-budget-accept-estimates (then review "
+            "the baseline's diff)",
         ]
     )
     assert "Traceback" not in result.stdout.str()
@@ -134,19 +137,60 @@ def test_with_a_key_count_tokens_gives_exact_counts(recorded: pytest.Pytester, m
     assert turns[0]["usage"]["cache_creation_input_tokens"] + turns[0]["usage"]["input_tokens"] == 1462
 
 
-def test_update_accepts_a_change_and_the_gate_then_passes(recorded: pytest.Pytester) -> None:
-    """``--token-budget-update`` accepts the change: the baseline's fingerprints change and the gate passes."""
+def test_update_accepts_a_change_and_the_gate_then_passes(
+    recorded: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accepting a change: without a key the update refuses to write estimates as measured (it writes them
+    marked, on request, and the gate says so); with a key one command re-records and measures it."""
     before = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
     _project(recorded, AGENT.replace("Check the order before refunding.", "Check the order before any refund."))
     _run(recorded, "--token-budget").assert_outcomes(failed=1)
-    _run(recorded, "--token-budget-update").assert_outcomes(passed=1)
+
+    refused = _run(recorded, "--token-budget-update")
+    refused.assert_outcomes(passed=1)
+    refused.stdout.fnmatch_lines(
+        [
+            "*baseline tokenbudget-baseline.json: 0 test(s) written",
+            "*not updated (its usage is estimated: the prompt changed since it was recorded): "
+            "test_refund.py::test_refund",
+            "*measure it (needs an API key): pytest test_refund.py::test_refund --token-budget-record=all "
+            "--token-budget-update",
+            "*or write the estimate, marked as estimated: pytest test_refund.py::test_refund --token-budget-update "
+            "--token-budget-accept-estimates",
+        ]
+    )
+    assert _baseline(recorded)["tests"]["test_refund.py::test_refund"] == before
+
+    _run(recorded, "test_refund.py::test_refund", "--token-budget-update", "--token-budget-accept-estimates")
     after = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
     assert after["estimated"] is True
     assert (
         after["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
         != before["cached_prefixes"][0]["breakpoints"][0]["fingerprint"]
     )
-    _run(recorded, "--token-budget").assert_outcomes(passed=1)
+    held = _run(recorded, "--token-budget")
+    held.assert_outcomes(passed=1)
+    held.stdout.fnmatch_lines(
+        [
+            "*the baseline holds estimates, not measurements, for 1 test(s): test_refund.py::test_refund; measure "
+            "them with a key: pytest test_refund.py::test_refund --token-budget-record=all --token-budget-update"
+        ]
+    )
+
+    # With a key (here the emulator's), the command the fix line names re-records and measures.
+    monkeypatch.delenv("TB_BLOCK_NETWORK")
+    _run(recorded, "test_refund.py::test_refund", "--token-budget-record=all", "--token-budget-update").assert_outcomes(
+        passed=1
+    )
+    measured = _baseline(recorded)["tests"]["test_refund.py::test_refund"]
+    assert "estimated" not in measured
+    # 80 more characters in the system prompt: 20 more tokens, as the estimate had it.
+    assert (measured["cache_creation_input_tokens"], measured["cache_read_input_tokens"]) == (1467, 2934)
+    assert (after["cache_creation_input_tokens"], after["cache_read_input_tokens"]) == (1467, 2934)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    final = _run(recorded, "--token-budget")
+    final.assert_outcomes(passed=1)
+    assert "estimate" not in final.stdout.str()
 
 
 def test_a_25_percent_cost_increase_fails_at_the_10_percent_threshold(recorded: pytest.Pytester) -> None:
