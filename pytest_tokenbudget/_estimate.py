@@ -53,6 +53,7 @@ __all__ = ["Estimate", "RecordedTokens", "tokenizer_factor"]
 
 KINDS = ("tools", "text", "tool_use", "tool_result", "other")
 _IMAGE = "image"
+_BLOCK = "block"  # a segment's number of blocks (kept with its features; not a density)
 # UNSURE: the API counts an image by its pixel size (about width x height / 750 tokens); a
 # recording without images gives no density for them, so this stands in (the emulator's count).
 _DEFAULT_IMAGE_TOKENS = 1000.0
@@ -292,7 +293,7 @@ class RecordedTokens:
 
 
 def _features(blocks: Sequence[Block]) -> dict[str, float]:
-    features: dict[str, float] = {}
+    features: dict[str, float] = {_BLOCK: float(len(blocks))}
     for block in blocks:
         kind = _kind(block)
         features[kind] = features.get(kind, 0.0) + len(block.canonical)
@@ -309,23 +310,40 @@ def _predict(block: Block, densities: Mapping[str, float]) -> float:
 
 
 def _fit(segments: Sequence[_Segment]) -> dict[str, float]:
-    """Densities per kind that best explain the segments' exact counts (Poisson fit)."""
-    chars = sum(v for s in segments for k, v in s.features.items() if k != _IMAGE)
+    """Densities per kind that explain the segments' exact counts.
+
+    A kind that has segments of its own (nothing else in them) takes its density from those
+    alone; the other kinds are then fitted to the mixed segments with those held (multiplicative
+    updates of a Poisson fit, which keep densities positive). A kind the recording never shows
+    keeps the recording's overall density.
+    """
+    chars = sum(v for s in segments for k, v in s.features.items() if k not in (_IMAGE, _BLOCK))
     images = sum(s.features.get(_IMAGE, 0.0) for s in segments)
     tokens = sum(s.tokens for s in segments)
     overall = max(tokens - _DEFAULT_IMAGE_TOKENS * images, 0.0) / chars if chars else _DEFAULT_DENSITY
     overall = overall or _DEFAULT_DENSITY
     densities = {kind: overall for kind in KINDS}
     densities[_IMAGE] = _DEFAULT_IMAGE_TOKENS
-    seen = {k for s in segments for k in s.features}
-    for _ in range(_FIT_ROUNDS):
-        predicted = [sum(densities[k] * v for k, v in s.features.items()) for s in segments]
-        for kind in seen:
-            weight = sum(s.features.get(kind, 0.0) for s in segments)
+    held: set[str] = set()
+    for kind in KINDS:
+        pure = [s for s in segments if set(s.features) - {_BLOCK} == {kind} and s.features[kind] > 0]
+        if pure:
+            densities[kind] = max(sum(s.tokens for s in pure) / sum(s.features[kind] for s in pure), 1e-6)
+            held.add(kind)
+    free = {k for s in segments for k in s.features if k != _BLOCK} - held
+    mixed = [s for s in segments if free & set(s.features)]
+    for _ in range(_FIT_ROUNDS if mixed else 0):
+        predicted = [sum(densities[k] * v for k, v in s.features.items() if k != _BLOCK) for s in mixed]
+        fixed = [sum(densities[k] * v for k, v in s.features.items() if k in held) for s in mixed]
+        for kind in free:
+            weight = sum(s.features.get(kind, 0.0) for s in mixed)
             if not weight:
                 continue
+            # Each segment's tokens beyond the held kinds' share, against the free kinds' prediction.
             ratio = sum(
-                s.features.get(kind, 0.0) * (s.tokens / p) for s, p in zip(segments, predicted, strict=True) if p > 0
+                s.features.get(kind, 0.0) * max(s.tokens - f, 0.0) / (p - f)
+                for s, p, f in zip(mixed, predicted, fixed, strict=True)
+                if p - f > 0
             )
             densities[kind] = max(densities[kind] * ratio / weight, 1e-6)
     return densities

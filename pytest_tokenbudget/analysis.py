@@ -560,16 +560,16 @@ def _recorded_tokens(
     _run(turns, lambda turn: changed.get(turn.index, turn.request), memo, tokens=tokens, layouts=layouts)
     counts = RecordedTokens()
     by_index = {turn.index: turn for turn in turns}
+    # Exact counts by prefix fingerprint: cache reads and writes, and each prompt's end (its turn's
+    # input less the model's tail), which a later turn that extends the prompt passes through.
+    exact = dict(tokens.known)
     for index, layout in layouts.items():
-        if not layout.blocks:
-            continue
-        last = len(layout.blocks) - 1
-        anchors = [(i, tokens.known[fp]) for i, fp in enumerate(layout.chain[:last]) if fp in tokens.known]
-        end = tokens.known.get(layout.chain[last])
-        if end is None:
-            end = by_index[index].total_input_tokens - tokens.tail.get(layout.model, 0)
-        anchors.append((last, end))
-        counts.add(index, layout, anchors)
+        if layout.blocks:
+            total = by_index[index].total_input_tokens - tokens.tail.get(layout.model, 0)
+            exact.setdefault(layout.chain[-1], total)
+    for index, layout in layouts.items():
+        if layout.blocks:
+            counts.add(index, layout, [(i, exact[fp]) for i, fp in enumerate(layout.chain) if fp in exact])
     counts.fit()
     return counts, tokens
 

@@ -40,6 +40,8 @@ HISTORY = [m for k in range(5) for m in (
 
 def run(emulator, *, model="claude-sonnet-4-6", policy=40, tools=TOOLS, cache="5m", history=(),
         tail=""):
+    # Denser JSON than prose, as a real tokenizer counts it: the estimate must learn each density.
+    emulator.chars_per_token = {"tools": 2.5, "tool_use": 3.0, "tool_result": 3.5, "text": 4.0}
     emulator.script(Reply.tool_use("search_orders", {"order_id": "42"}),
                     Reply.text("Order 42 is on its way."), Reply.text("Anything else?"))
     client = anthropic.Anthropic()
@@ -150,8 +152,8 @@ def test_every_estimate_is_within_3_percent_of_the_re_recorded_truth(
         test = next(t for t in read_json(pytester.path / report)["tests"] if t["id"].endswith("tail_edited"))
         return [(b["tokens"], b["tokens_estimated"]) for turn in test["turns"] for b in turn["cache"]["breakpoints"]]
 
-    assert [tokens for tokens, _estimated in prefix_tokens("before.json")] == [1256, 1256, 1256]
-    assert prefix_tokens("estimate.json") == [(1256, False), (1256, False), (1256, False)]
+    assert [tokens for tokens, _estimated in prefix_tokens("truth.json")][1:] == [1533, 1533]
+    assert prefix_tokens("estimate.json") == [(1533, False), (1533, False), (1533, False)]
 
 
 def _one_test(pytester: pytest.Pytester, call: str) -> None:
@@ -177,7 +179,7 @@ def test_a_model_switch_is_priced_at_the_model_now_asked_for(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "*- cost $0.065385 (estimated) vs baseline $0.004359 (+$0.061026, +1400.0%): over the +10% threshold",
+            "*- cost $0.078960 (estimated) vs baseline $0.005264 (+$0.073696, +1400.0%): over the +10% threshold",
             "*fix:  if intended, accept it:*",
         ]
     )
@@ -200,10 +202,10 @@ def test_a_grown_system_prompt_is_estimated_close_to_the_truth_and_fails_at_20_p
     result = pytester.runpytest("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=estimate.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*- cost $0.016587 (estimated) vs baseline $0.013077 (+$0.003510, +26.8%): over the +20% threshold"]
+        ["*- cost $0.019410 (estimated) vs baseline $0.015792 (+$0.003618, +22.9%): over the +20% threshold"]
     )
     monkeypatch.delenv("TB_BLOCK_NETWORK")
     pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=all", "--token-budget-json=truth.json")
     estimate = Decimal(str(read_json(pytester.path / "estimate.json")["totals"]["cost_usd"]))
     truth = Decimal(str(read_json(pytester.path / "truth.json")["totals"]["cost_usd"]))
-    assert (estimate, truth) == (Decimal("0.016587"), Decimal("0.016587"))
+    assert (estimate, truth) == (Decimal("0.019410"), Decimal("0.019302"))  # +22.9% estimated, +22.2% true

@@ -93,6 +93,11 @@ class AnthropicEmulator:
         require_diagnostics_beta: answer ``diagnostics`` only when the request carries the
             ``cache-diagnosis-2026-04-07`` beta header (UNSURE whether the live API still needs it:
             the diagnostics were documented as a beta).
+
+    Attributes:
+        chars_per_token: characters per input token by kind of block (``tools``, ``text``,
+            ``tool_use``, ``tool_result``, ``other``); a kind not named counts 4. Set it before
+            the first request.
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class AnthropicEmulator:
         self.batch_seconds = batch_seconds
         self.gzip_json = gzip_json
         self.require_diagnostics_beta = require_diagnostics_beta
+        self.chars_per_token: dict[str, float] = {}
         self.responder: Callable[[Mapping[str, Any]], Reply | None] | None = None
         self.cache = CacheStore()
         self.requests: list[EmulatedRequest] = []
@@ -272,7 +278,7 @@ class AnthropicEmulator:
         layout = layout_of(body, self._layouts)
         if layout.problems:
             raise _ApiError(400, "invalid_request_error", layout.problems[0])
-        return layout, cumulative_tokens(layout)
+        return layout, cumulative_tokens(layout, self.chars_per_token)
 
     def _create_message(
         self, body: Mapping[str, Any], headers: Mapping[str, str], *, service_tier: str = "standard"

@@ -8,6 +8,10 @@ synthetic tokens, chosen so tests can compute exact numbers by hand:
   :mod:`pytest_tokenbudget.prefix` (compact JSON in sent key order, without ``cache_control``;
   the first block of each message is preceded by its role and a NUL), measured in characters;
 * each image or document inside a block adds 1,000 tokens;
+* :attr:`AnthropicEmulator.chars_per_token` may set another divisor per kind of block
+  (``tools``, ``text``, ``tool_use``, ``tool_result``, ``other``), for tests whose recordings
+  should show content of different token densities, as a real tokenizer does (JSON counts
+  more tokens per character than prose);
 * an output block counts ``ceil(len(text) / 4)`` for text and thinking, and
   ``ceil(len(name + compact JSON of input) / 4)`` for ``tool_use``; at least 1 per block.
 """
@@ -24,17 +28,28 @@ from ..prefix import Block, PromptLayout
 IMAGE_TOKENS = 1000
 
 
-def block_tokens(block: Block) -> int:
-    """Synthetic input tokens of one prefix block."""
-    return math.ceil(len(block.canonical.decode("utf-8")) / 4) + IMAGE_TOKENS * block.images
+def block_kind(block: Block) -> str:
+    """``tools``, ``text``, ``tool_use``, ``tool_result`` or ``other``."""
+    if block.level == "tools":
+        return "tools"
+    if block.kind in ("text", "tool_use", "tool_result"):
+        return block.kind
+    return "tool_use" if block.kind == "server_tool_use" else "other"
 
 
-def cumulative_tokens(layout: PromptLayout) -> list[int]:
+def block_tokens(block: Block, chars_per_token: Mapping[str, float] | None = None) -> int:
+    """Synthetic input tokens of one prefix block (4 characters a token unless ``chars_per_token``
+    names the block's kind)."""
+    divisor = (chars_per_token or {}).get(block_kind(block), 4)
+    return math.ceil(len(block.canonical.decode("utf-8")) / divisor) + IMAGE_TOKENS * block.images
+
+
+def cumulative_tokens(layout: PromptLayout, chars_per_token: Mapping[str, float] | None = None) -> list[int]:
     """Running totals of :func:`block_tokens` over the layout's blocks."""
     total = 0
     out = []
     for block in layout.blocks:
-        total += block_tokens(block)
+        total += block_tokens(block, chars_per_token)
         out.append(total)
     return out
 
