@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -441,10 +441,11 @@ def analyze(
     Args:
         ledger: a ledger, or its turns in order.
         changed: turns whose request departs from its recording (replayed anyway), by turn
-            index, each with the *recorded* request body. Their usage is estimated: the input
-            grows or shrinks by the changed characters times this recording's own tokens per
-            character, and the cache model decides what is read and written. The estimate is
-            in :attr:`TurnCache.estimated_usage`, with its method.
+            index, each with the *recorded* request body. Their usage is estimated
+            (:mod:`pytest_tokenbudget._estimate`): unchanged blocks keep the recording's exact
+            counts, changed ones are counted at the recording's own density for their kind, and
+            the cache model decides what is read and written. The estimate is in
+            :attr:`TurnCache.estimated_usage`, with its method.
         counted: for changed turns, exact input tokens from the count_tokens API (used
             instead of the character estimate).
     """
@@ -502,9 +503,9 @@ def apply_estimates(ledger: Ledger, analysis: CacheAnalysis) -> Ledger:
 
 def _run(
     turns: Sequence[Turn],
-    body_of: Any,
+    body_of: Callable[[Turn], Any],
     memo: LayoutMemo,
-    estimate_of: Any = None,
+    estimate_of: Callable[[Turn, PromptLayout], Estimate | None] | None = None,
     tokens: _Tokens | None = None,
     layouts: dict[int, PromptLayout] | None = None,
 ) -> CacheAnalysis:
