@@ -18,7 +18,7 @@ from .errors import TokenBudgetError
 from .ledger import Ledger
 from .prefix import Difference
 from .pricing import Pricer
-from .record import Recorder, accept_command, count_tokens_live
+from .record import Departure, Recorder, accept_command, count_tokens_live
 from .reports import TestEntry, build_entry
 
 __all__ = ["Evaluation", "TestResult", "baseline_entry", "evaluate"]
@@ -103,12 +103,8 @@ def evaluate(
     result = TestResult(nodeid, recorder.cassette_path, ledger, bool(recorder.recorded), passed=test_passed)
     if not ledger.turns:
         return Evaluation(result)
-    turn_of_exchange = {turn.exchange: turn.index for turn in ledger.turns}
-    changed = {
-        turn_of_exchange[d.exchange]: d.recorded.request_body.json()
-        for d in recorder.departures
-        if d.exchange in turn_of_exchange and isinstance(d.recorded.request_body.try_json(), dict)
-    }
+    turn_of_exchange = {turn.exchange: turn.index for turn in ledger.turns if turn.endpoint == "messages"}
+    changed = _changed_requests(recorder.departures, ledger, turn_of_exchange)
     for departure in recorder.departures:
         if departure.difference is not None and departure.exchange in turn_of_exchange:
             result.first_change = (turn_of_exchange[departure.exchange], departure.difference)
@@ -161,6 +157,37 @@ def evaluate(
     if not breaches and not result.gate.failures:
         return Evaluation(result)
     return Evaluation(result, _failure(nodeid, breaches, result.gate, entry, recorder))
+
+
+def _changed_requests(
+    departures: Sequence[Departure], ledger: Ledger, turn_of_exchange: Mapping[int, int]
+) -> dict[int, dict[str, Any]]:
+    """The recorded request body of every turn whose request departs from its recording.
+
+    A Messages turn is its exchange's request. A batch turn is one request (by ``custom_id``)
+    of the batch whose creation departed: its recorded ``params``, when they differ from what
+    the batch now sends.
+    """
+    changed: dict[int, dict[str, Any]] = {}
+    for departure in departures:
+        recorded = departure.recorded.request_body.try_json()
+        if not isinstance(recorded, dict):
+            continue
+        if departure.exchange in turn_of_exchange:
+            changed[turn_of_exchange[departure.exchange]] = recorded
+            continue
+        requests = recorded.get("requests")
+        response = departure.recorded.response_body.try_json()
+        if not isinstance(requests, list) or not isinstance(response, dict):
+            continue
+        params = {
+            str(r.get("custom_id")): r.get("params") for r in requests if isinstance(r, dict) and "params" in r
+        }
+        for turn in ledger.turns:
+            old = params.get(str(turn.custom_id))
+            if turn.batch_id == response.get("id") and isinstance(old, dict) and old != turn.request:
+                changed[turn.index] = old
+    return changed
 
 
 def _unpriced(entry: TestEntry, pricer: Pricer, nodeid: str) -> TokenBudgetError:

@@ -209,3 +209,51 @@ def test_a_grown_system_prompt_is_estimated_close_to_the_truth_and_fails_at_20_p
     estimate = Decimal(str(read_json(pytester.path / "estimate.json")["totals"]["cost_usd"]))
     truth = Decimal(str(read_json(pytester.path / "truth.json")["totals"]["cost_usd"]))
     assert (estimate, truth) == (Decimal("0.019410"), Decimal("0.019302"))  # +22.9% estimated, +22.2% true
+
+
+BATCH = """
+import anthropic
+from pytest_tokenbudget.emulator import Reply
+
+MODEL = "claude-haiku-4-5"
+
+
+def test_nightly(anthropic_emulator):
+    anthropic_emulator.script(Reply.text("Refunded."), Reply.text("Shipped."))
+    client = anthropic.Anthropic()
+    batch = client.messages.batches.create(requests=[
+        {"custom_id": f"ticket-{k}", "params": {"model": MODEL, "max_tokens": 64, "messages": [
+            {"role": "user", "content": f"Summarise ticket {k}: " + "the customer asked about a parcel. " * 40}]}}
+        for k in range(2)
+    ])
+    client.messages.batches.retrieve(batch.id)
+    list(client.messages.batches.results(batch.id))
+"""
+
+
+def test_a_changed_batch_request_is_priced_at_its_new_model_and_batch_rates(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The requests inside a batch switch model: each batch turn is estimated and priced at the new model's batch rate."""
+    pytester.makeconftest(NETWORK_GUARD)
+    pytester.makepyfile(test_batch=BATCH)
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=1)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-update").assert_outcomes(passed=1)
+    pytester.makepyfile(test_batch=BATCH.replace('MODEL = "claude-haiku-4-5"', 'MODEL = "claude-sonnet-4-6"'))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--token-budget", "--token-budget-json=estimate.json")
+    result.assert_outcomes(failed=1)
+    # Sonnet 4.6 at batch rates ($1.50/$7.50 per MTok) is 3x Haiku 4.5's ($0.50/$2.50).
+    result.stdout.fnmatch_lines(
+        ["*- cost $0.001126 (estimated) vs baseline $0.000376 (+$0.000751, +200.0%): over the +10% threshold"]
+    )
+    turns = read_json(pytester.path / "estimate.json")["tests"][0]["turns"]
+    assert [(t["endpoint"], t["model"], "estimated" in t["cache"]) for t in turns] == [
+        ("batch", "claude-sonnet-4-6", True),
+        ("batch", "claude-sonnet-4-6", True),
+    ]
+    monkeypatch.delenv("TB_BLOCK_NETWORK")
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=all", "--token-budget-json=truth.json")
+    estimate = read_json(pytester.path / "estimate.json")["totals"]
+    truth = read_json(pytester.path / "truth.json")["totals"]
+    assert (estimate["cost_usd"], estimate["input_tokens"]) == (truth["cost_usd"], truth["input_tokens"])
