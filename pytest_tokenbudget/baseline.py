@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
-from ._validate import schema_problems
+from ._validate import json_line_of, schema_problems
 from ._version import __version__
 from .budgets import Budget
 from .errors import ConfigError
@@ -135,7 +135,8 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
         return None
     fix = "restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
     try:
-        data = json.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         line = getattr(err, "lineno", None)
         raise ConfigError(
@@ -144,13 +145,14 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
             why=f"not valid JSON: {err}",
             fix=fix,
         ) from None
-    problems = schema_problems(data, None, "baseline.schema.json")
+    problems = schema_problems(data, None, "baseline.schema.json", locate=lambda at: json_line_of(text, at))
     if problems:
+        first_line, first = problems[0]
         raise ConfigError(
             "the token budget baseline is invalid",
-            file=str(path),
-            why=problems[0][1],
-            details=[f"also: {p[1]}" for p in problems[1:4]],
+            file=f"{path}" + (f", line {first_line}" if first_line else ""),
+            why=first,
+            details=[f"also: line {n}: {message}" if n else f"also: {message}" for n, message in problems[1:4]],
             fix=fix,
         )
     return {test: BaselineEntry.from_json(entry) for test, entry in data["tests"].items()}
