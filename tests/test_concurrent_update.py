@@ -44,15 +44,27 @@ def _entry(tokens: int) -> BaselineEntry:
     return BaselineEntry(1, tokens, 0, 0, 5, Decimal("0.0001"), 0.0)
 
 
-@pytest.fixture
-def recorded_40(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """Two files of 20 tests, each making one call, recorded through the emulator; the network blocked after."""
+def _recorded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, per_file: int) -> pytest.Pytester:
+    """Two files of ``per_file`` tests, each making one call, recorded through the emulator; the network blocked after."""
     pytester.makeconftest(NETWORK_GUARD)
-    pytester.makepyfile(test_a=TWENTY_CALLS, test_b=TWENTY_CALLS)
-    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=40)
+    body = TWENTY_CALLS.replace("range(20)", f"range({per_file})")
+    pytester.makepyfile(test_a=body, test_b=body)
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=2 * per_file)
     assert not (pytester.path / "tokenbudget-baseline.json").exists()
     monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
     return pytester
+
+
+@pytest.fixture
+def recorded_40(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Two files of 20 tests, recorded."""
+    return _recorded(pytester, monkeypatch, 20)
+
+
+@pytest.fixture
+def recorded_4(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Two files of 2 tests, recorded."""
+    return _recorded(pytester, monkeypatch, 2)
 
 
 def test_two_concurrent_updates_keep_all_40_entries(recorded_40: pytest.Pytester) -> None:
@@ -88,35 +100,45 @@ def test_two_concurrent_updates_keep_all_40_entries(recorded_40: pytest.Pytester
     kept = [output for output in outputs if "kept 20 entries for tests that did not run" in output]
     assert len(kept) == 1, outputs
     assert "pruned" not in "".join(outputs)
-    # The two files hold the same tests, so their entries are the same numbers.
-    assert document["tests"]["test_a.py::test_call[7]"]["output_tokens"] > 0
+    # Each entry is that test's own numbers: one turn, "answer 7" is 2 output tokens; the files' twins agree.
+    entry = document["tests"]["test_a.py::test_call[7]"]
+    assert (entry["turns"], entry["output_tokens"]) == (1, 2)
+    assert all(
+        document["tests"][f"test_a.py::test_call[{k}]"] == document["tests"][f"test_b.py::test_call[{k}]"]
+        for k in range(20)
+    )
     assert sorted(p.name for p in recorded_40.path.iterdir() if "baseline" in p.name) == [
         "tokenbudget-baseline.json",
         "tokenbudget-baseline.json.lock",
     ]
 
 
-def test_a_lock_held_too_long_is_a_clear_error(recorded_40: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lock_held_too_long_is_a_clear_error(recorded_4: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """When another run holds the lock past the timeout, the update stops naming the lock file and the fix."""
-    path = recorded_40.path / "tokenbudget-baseline.json"
-    recorded_40.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_a.py").assert_outcomes(passed=20)
+    path = recorded_4.path / "tokenbudget-baseline.json"
+    recorded_4.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_a.py").assert_outcomes(passed=2)
     before = path.read_bytes()
     monkeypatch.setattr(baseline_module, "_LOCK_TIMEOUT", 0.2)
-    lock = recorded_40.path / "tokenbudget-baseline.json.lock"
+    lock = recorded_4.path / "tokenbudget-baseline.json.lock"
     with filelock.FileLock(lock):  # another run, in the middle of its update
-        result = recorded_40.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_b.py")
+        result = recorded_4.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_b.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stderr.lines[-4:] == [
         "Exit: tokenbudget: the token budget baseline is locked by another run",
         f"  file: {lock}",
-        "  why:  another --token-budget-update held the lock for more than 0.2 s; this run's 20 entries were not written",
+        "  why:  another --token-budget-update held the lock for more than 0.2 s; this run's 2 entries were not written",
         f"  fix:  let the other run finish, then run this one again; if no other run is going, delete {lock}",
     ]
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     assert path.read_bytes() == before
     # Once the lock is free the same update lands, next to the other file's entries.
-    recorded_40.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_b.py").assert_outcomes(passed=20)
-    assert len(read_json(path)["tests"]) == 40
+    recorded_4.runpytest("-p", "no:cacheprovider", "--token-budget-update", "test_b.py").assert_outcomes(passed=2)
+    assert sorted(read_json(path)["tests"]) == [
+        "test_a.py::test_call[0]",
+        "test_a.py::test_call[1]",
+        "test_b.py::test_call[0]",
+        "test_b.py::test_call[1]",
+    ]
 
 
 # ------------------------------------------------------------------ merge_baseline under concurrency
