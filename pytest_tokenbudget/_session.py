@@ -256,8 +256,13 @@ class RunSession:
         )
 
     def _update_baseline(self, path: Path) -> list[GateLine]:
-        """Write the baseline from this run (passed tests replace their entries; gone tests are pruned)."""
-        from .baseline import merge_baseline, write_baseline
+        """Write the baseline from this run (passed tests replace their entries; gone tests are pruned),
+        merged under a lock into the file as it is then: a concurrent update's entries are kept.
+
+        Raises:
+            TokenBudgetError: the baseline's lock was not free in time, or the file became invalid.
+        """
+        from .baseline import update_baseline
         from .reports import GateKind, GateLine
 
         accept = self.settings.accept_estimates
@@ -269,8 +274,9 @@ class RunSession:
         estimated = sorted(
             test for test, r in self.results.items() if r.baseline is not None and r.passed and test not in fresh
         )
-        merged = merge_baseline(self.baseline, fresh, collected=self.collected, rootdir=self.settings.rootdir)
-        write_baseline(path, merged.entries)
+        merged = update_baseline(
+            path, fresh, collected=self.collected, rootdir=self.settings.rootdir, known=self.baseline or {}
+        )
         lines = [f"baseline {self.settings.display_path(path)}: {len(merged.updated)} test(s) written"]
         if merged.pruned:
             lines.append(

@@ -1,10 +1,20 @@
-"""Reading a user's YAML file against a JSON Schema, with errors that name the key, file and line."""
+"""Reading a user's YAML file against a JSON Schema, with errors that name the key, file and line.
+
+Every document validated here (the config file, markers, the baseline, price files) is first
+walked for numbers that are not finite: NaN and infinities pass a JSON Schema ``minimum`` (every
+comparison with NaN is false), and YAML (``.nan``), TOML (``nan``) and Python's ``json``
+(``NaN``, ``Infinity``, ``1e999``) all read them. :func:`schema_problems` refuses them, one
+rule for every file; the schemas bound the rest (counts, rates, USD).
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping, Sequence
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -123,19 +133,69 @@ def check_keys(
             check_keys(item, where, error, what, (*path, index))
 
 
-def schema_problems(data: Any, root: yaml.Node | None, schema_name: str) -> list[tuple[int | None, str]]:
-    """Every schema violation as ``(line, message)``, sorted by line."""
-    validator = _validator(schema_name)
+def _is_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, Decimal) and not value.is_finite()
+
+
+def non_finite(data: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """``(path, value)`` of every NaN or infinite number (float or Decimal) anywhere in ``data``, in order."""
+    if _is_non_finite(data):
+        yield path, data
+    elif isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from non_finite(value, (*path, key if isinstance(key, int) else str(key)))
+    elif isinstance(data, list | tuple):
+        for index, item in enumerate(data):
+            yield from non_finite(item, (*path, index))
+
+
+def _nulled(data: Any) -> Any:
+    """``data`` with every non-finite number replaced by ``None`` (comparing a Decimal NaN raises)."""
+    if _is_non_finite(data):
+        return None
+    if isinstance(data, Mapping):
+        return {key: _nulled(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_nulled(item) for item in data]
+    if isinstance(data, tuple):
+        return tuple(_nulled(item) for item in data)
+    return data
+
+
+def schema_problems(
+    data: Any,
+    root: yaml.Node | None,
+    schema_name: str,
+    *,
+    locate: Callable[[Sequence[str | int]], int | None] | None = None,
+) -> list[tuple[int | None, str]]:
+    """Every schema violation, and every number that is not finite, as ``(line, message)``, sorted by line.
+
+    Lines come from ``locate(path)`` when given (a JSON or TOML file), else from the YAML node
+    tree ``root``. A non-finite value gets one message, not also the schema's for that value
+    (the schema sees it as ``null``).
+    """
+    where = locate if locate is not None else lambda path: line_of(root, path)
     problems: list[tuple[int | None, str]] = []
-    for err in validator.iter_errors(data):
+    refused: set[tuple[str | int, ...]] = set()
+    for path, value in non_finite(data):
+        refused.add(path)
+        shown = repr(value) if isinstance(value, float) else str(value)
+        problems.append((where(path), f"{json_path(path)}: {shown} is not a finite number"))
+    validator = _validator(schema_name)
+    for err in validator.iter_errors(_nulled(data) if refused else data):
         path = tuple(err.absolute_path)
+        if path in refused:
+            continue
         if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
             allowed = sorted(err.schema.get("properties", {})) if isinstance(err.schema, Mapping) else []
             for key in sorted(str(k) for k in err.instance if k not in allowed):
                 hint = difflib.get_close_matches(key, allowed, n=1)
                 problems.append(
                     (
-                        line_of(root, (*path, key)),
+                        where((*path, key)),
                         f"{json_path((*path, key))}: unknown key {key!r}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
                         + f"; accepted: {', '.join(allowed)}",
@@ -145,12 +205,12 @@ def schema_problems(data: Any, root: yaml.Node | None, schema_name: str) -> list
             key = str(err.instance)
             problems.append(
                 (
-                    line_of(root, (*path, key)),
+                    where((*path, key)),
                     f"{json_path((*path, key))}: bad key {key!r} ({err.schema.get('description', err.message)})",
                 )
             )
         else:
-            problems.append((line_of(root, path), f"{json_path(path)}: {err.message}"))
+            problems.append((where(path), f"{json_path(path)}: {err.message}"))
     return sorted(problems, key=lambda p: (p[0] or 0, p[1]))
 
 
@@ -176,3 +236,56 @@ def line_of(root: yaml.Node | None, path: Sequence[str | int]) -> int | None:
         else:
             return line
     return line
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def json_line_of(text: str, path: Sequence[str | int]) -> int | None:
+    """The line (from 1) of the key (or array item) at ``path`` in the JSON document ``text``.
+
+    ``None`` when the path is not in the text or the text is not JSON. Of a key given twice, the
+    last one counts (as ``json.loads`` keeps it). Values on the way are skipped by the standard
+    decoder, so the cost is one scan of the text, paid only when a problem is reported.
+    """
+    decoder = json.JSONDecoder()
+
+    def space(at: int) -> int:
+        match = _JSON_SPACE.match(text, at)
+        return match.end() if match else at
+
+    at = found = space(0)
+    try:
+        for part in path:
+            if text.startswith("{", at):
+                at, target = space(at + 1), None
+                while not text.startswith("}", at):
+                    key_at = at
+                    key, at = decoder.raw_decode(text, at)
+                    at = space(at)
+                    if not text.startswith(":", at):
+                        return None
+                    at = space(at + 1)
+                    if key == str(part):
+                        target = (key_at, at)
+                    at = space(decoder.raw_decode(text, at)[1])
+                    if text.startswith(",", at):
+                        at = space(at + 1)
+                if target is None:
+                    return None
+                found, at = target
+            elif text.startswith("[", at) and isinstance(part, int):
+                at = space(at + 1)
+                for _ in range(part):
+                    at = space(decoder.raw_decode(text, at)[1])
+                    if not text.startswith(",", at):
+                        return None
+                    at = space(at + 1)
+                if text.startswith("]", at):
+                    return None
+                found = at
+            else:
+                return None
+    except ValueError:
+        return None
+    return text.count("\n", 0, found) + 1

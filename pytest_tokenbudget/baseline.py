@@ -3,7 +3,8 @@
 ``tokenbudget-baseline.json`` holds, per test, its token totals, cost, cache hit rate and the
 fingerprints of its cached prefixes per turn (``schemas/baseline.schema.json``). It is written
 sorted and indented, atomically, once per session (by the xdist controller), so its diff in a pull
-request shows what changed. The gate fails a test when, against its entry:
+request shows what changed; concurrent updates merge under a lock, ``<baseline>.lock``, and lose no
+entry (:func:`update_baseline`). The gate fails a test when, against its entry:
 
 * its cost grows by more than ``max_cost_increase`` (default +10%) and, when set, by more than
   ``max_cost_increase_usd``;
@@ -18,6 +19,8 @@ Falling past a threshold the other way is reported as "baseline stale", never si
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
-from ._validate import schema_problems
+from ._validate import json_line_of, schema_problems
 from ._version import __version__
 from .budgets import Budget
-from .errors import ConfigError
+from .errors import ConfigError, TokenBudgetError
 from .prefix import Difference
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "compare",
     "load_baseline",
     "merge_baseline",
+    "update_baseline",
     "write_baseline",
 ]
 
@@ -135,7 +139,8 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
         return None
     fix = "restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
     try:
-        data = json.loads(path.read_text("utf-8"))
+        text = path.read_text("utf-8")
+        data = json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         line = getattr(err, "lineno", None)
         raise ConfigError(
@@ -144,13 +149,14 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
             why=f"not valid JSON: {err}",
             fix=fix,
         ) from None
-    problems = schema_problems(data, None, "baseline.schema.json")
+    problems = schema_problems(data, None, "baseline.schema.json", locate=lambda at: json_line_of(text, at))
     if problems:
+        first_line, first = problems[0]
         raise ConfigError(
             "the token budget baseline is invalid",
-            file=str(path),
-            why=problems[0][1],
-            details=[f"also: {p[1]}" for p in problems[1:4]],
+            file=f"{path}" + (f", line {first_line}" if first_line else ""),
+            why=first,
+            details=[f"also: line {n}: {message}" if n else f"also: {message}" for n, message in problems[1:4]],
             fix=fix,
         )
     return {test: BaselineEntry.from_json(entry) for test, entry in data["tests"].items()}
@@ -182,6 +188,7 @@ def merge_baseline(
     *,
     collected: Iterable[str],
     rootdir: Path,
+    known: Mapping[str, BaselineEntry] | None = None,
 ) -> Merge:
     """The baseline after an update: tests that ran replace their entries; gone tests are pruned.
 
@@ -189,21 +196,94 @@ def merge_baseline(
     this session and the test was not (renamed or deleted). Entries of tests that exist but did
     not run (deselected, other files) are kept and listed as ``stale``: a partial run never
     drops what it did not see.
+
+    ``known`` is the baseline as this run read it at its start (default: ``old``). Only an entry
+    this run saw then, unchanged, may be pruned: under concurrent updates ``old`` is the file as
+    it is when this run holds the lock, and an entry another run wrote meanwhile (new, or
+    rewritten) reflects that run's collection, which this run's collection predates. Such an
+    entry is kept (listed as ``stale``); the next update that sees it prunes it if its test is
+    gone by then.
     """
     collected = set(collected)
     collected_files = {test.split("::")[0] for test in collected}
+    seen = old if known is None else known
     merged = Merge(entries=dict(new), updated=sorted(new))
     for test, entry in (old or {}).items():
         if test in new:
             continue
         module = test.split("::")[0]
-        if not (rootdir / module).exists() or (module in collected_files and test not in collected):
+        gone = not (rootdir / module).exists() or (module in collected_files and test not in collected)
+        if gone and (seen or {}).get(test) == entry:
             merged.pruned.append(test)
         else:
             merged.entries[test] = entry
             merged.stale.append(test)
     merged.pruned.sort()
     merged.stale.sort()
+    return merged
+
+
+# How long an update waits for another run's update of the same baseline (it holds the lock for
+# one read, merge and write: milliseconds).
+_LOCK_TIMEOUT = 60.0
+# Test-only: seconds to sleep between reading the baseline and writing it, under the lock, so
+# that a test can make two concurrent updates overlap for sure. Never set it otherwise.
+_TEST_PAUSE_VARIABLE = "_TOKENBUDGET_TEST_UPDATE_PAUSE"
+
+
+def update_baseline(
+    path: Path,
+    new: Mapping[str, BaselineEntry],
+    *,
+    collected: Iterable[str],
+    rootdir: Path,
+    known: Mapping[str, BaselineEntry],
+) -> Merge:
+    """Merge this run's entries into the baseline on disk and write it, under a cross-process lock.
+
+    Two runs of ``--token-budget-update`` at once (two CI jobs on one checkout, two terminals)
+    must both land: the read, the merge and the atomic write happen while holding
+    ``<baseline>.lock`` (``filelock``: released by the OS if the process dies), and the file is
+    read again under the lock, so the merge starts from what the other run wrote, not from what
+    this run read at its start (``known``, which only decides what may be pruned: see
+    :func:`merge_baseline`).
+
+    Raises:
+        TokenBudgetError: the lock was not free within ``_LOCK_TIMEOUT`` seconds, or cannot be
+            created (the lock file and the fix named).
+        ConfigError: the baseline on disk is invalid.
+    """
+    import filelock
+
+    lock_path = path.with_name(f"{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(lock_path, timeout=_LOCK_TIMEOUT)
+        lock.acquire()
+    except filelock.Timeout:
+        raise TokenBudgetError(
+            "the token budget baseline is locked by another run",
+            file=str(lock_path),
+            why=f"another --token-budget-update held the lock for more than {_LOCK_TIMEOUT:g} s; "
+            f"this run's {len(new)} entr{'y was' if len(new) == 1 else 'ies were'} not written",
+            fix=f"let the other run finish, then run this one again; if no other run is going, delete {lock_path}",
+        ) from None
+    except OSError as err:
+        raise TokenBudgetError(
+            "the token budget baseline cannot be locked",
+            file=str(lock_path),
+            why=str(err),
+            fix="make the baseline's directory writable, or point --token-budget-baseline elsewhere",
+        ) from None
+    try:
+        on_disk = load_baseline(path)
+        pause = os.environ.get(_TEST_PAUSE_VARIABLE)
+        if pause:
+            time.sleep(float(pause))
+        merged = merge_baseline(on_disk, new, collected=collected, rootdir=rootdir, known=known)
+        write_baseline(path, merged.entries)
+    finally:
+        lock.release()
     return merged
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,9 @@ def _from_pyproject(path: Path, *, required: bool) -> Config:
         if required:
             raise ConfigError("no [tool.tokenbudget] table", file=str(path), fix="add one, or point at a YAML file")
         return Config()
-    problems = schema_problems(data, None, "config.schema.json")
+    problems = schema_problems(data, None, "config.schema.json", locate=lambda at: _toml_line(text, _last_key(at)))
     if problems:
-        message = problems[0][1]
-        key = re.findall(r"'([^']+)'", message)
-        line = _toml_line(text, key[0] if key else "")
+        line, message = problems[0]
         raise ConfigError(
             "token budget config is invalid",
             file=f"{path}" + (f", line {line}" if line else ""),
@@ -110,6 +109,11 @@ def _from_pyproject(path: Path, *, required: bool) -> Config:
             fix="correct the key (the schema is pytest_tokenbudget/schemas/config.schema.json)",
         )
     return _build(data, f"{path} [tool.tokenbudget]")
+
+
+def _last_key(path: Sequence[str | int]) -> str:
+    keys = [part for part in path if isinstance(part, str)]
+    return keys[-1] if keys else ""
 
 
 def _toml_line(text: str, key: str) -> int | None:

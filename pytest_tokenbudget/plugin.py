@@ -234,7 +234,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workerinput"):
         config.workeroutput["tokenbudget"] = config.stash[_SESSION].publish_worker()  # type: ignore[attr-defined]
         return
-    config.stash[_SESSION].finish()
+    try:
+        config.stash[_SESSION].finish()
+    except TokenBudgetError as error:  # the baseline's lock was not free, or the file became invalid
+        pytest.exit(error.render(), returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._modes import PriceAt
-from ._validate import json_path, line_of, load_yaml
+from ._validate import line_of, load_yaml
 from .errors import ConfigError, PriceError
 from .ledger import TokenCounts, Turn, _dig, token_counts
 
@@ -331,22 +330,15 @@ def load_price_file(path: Path | str) -> PriceFile:
     return PriceFile(where, int(data.get("version", 1)), models)
 
 
-def _decimal(value: Any, where: str, path: tuple[str, ...], line: int | None) -> Decimal:
+def _decimal(value: Any) -> Decimal:
     # YAML floats come as Python floats; repr gives back the digits as written (shortest repr).
-    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not number.is_finite() or (isinstance(value, float) and not math.isfinite(value)):
-        raise PriceError(
-            "price file is invalid",
-            file=where + (f", line {line}" if line else ""),
-            why=f"{json_path(path)}: {value!r} is not a finite number",
-            fix="give a price in USD",
-        )
-    return number
+    # NaN and infinities never get here: load_yaml's schema check refuses them at their line.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
 def _override(where: str, name: str, entry: Mapping[str, Any], line: int | None) -> PriceOverride:
     def number(key: str) -> Decimal:
-        return _decimal(entry[key], where, ("models", name, key), line)
+        return _decimal(entry[key])
 
     input_mtok = number("input_mtok")
     cache = {
@@ -367,12 +359,7 @@ def _override(where: str, name: str, entry: Mapping[str, Any], line: int | None)
         else _DEFAULT_WEB_SEARCH_PER_1000,
         batch_multiplier=number("batch_multiplier") if "batch_multiplier" in entry else _DEFAULT_BATCH_MULTIPLIER,
         fast_multiplier=number("fast_multiplier") if "fast_multiplier" in entry else None,
-        inference_geo_multipliers=None
-        if geo is None
-        else {
-            str(k).lower(): _decimal(v, where, ("models", name, "inference_geo_multipliers", str(k)), line)
-            for k, v in geo.items()
-        },
+        inference_geo_multipliers=None if geo is None else {str(k).lower(): _decimal(v) for k, v in geo.items()},
         defaulted=frozenset(
             [k for k in _DEFAULT_CACHE_FACTORS if k not in entry]
             + [k for k in ("web_search_per_1000", "batch_multiplier") if k not in entry]

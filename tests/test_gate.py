@@ -275,5 +275,6 @@ def test_xdist_writes_one_identical_baseline(pytester: pytest.Pytester, monkeypa
     parallel.assert_outcomes(passed=4)
     assert (pytester.path / "tokenbudget-baseline.json").read_bytes() == serial
     assert sorted(p.name for p in Path(pytester.path).iterdir() if "baseline" in p.name) == [
-        "tokenbudget-baseline.json"
+        "tokenbudget-baseline.json",
+        "tokenbudget-baseline.json.lock",  # the update's cross-process lock (kept: deleting it would race)
     ]
