@@ -275,7 +275,12 @@ class RunSession:
             test for test, r in self.results.items() if r.baseline is not None and r.passed and test not in fresh
         )
         merged = update_baseline(
-            path, fresh, collected=self.collected, rootdir=self.settings.rootdir, known=self.baseline or {}
+            path,
+            fresh,
+            collected=self.collected,
+            rootdir=self.settings.rootdir,
+            known=self.baseline or {},
+            partial=self.settings.partial_files,
         )
         lines = [f"baseline {self.settings.display_path(path)}: {len(merged.updated)} test(s) written"]
         if merged.pruned:

@@ -224,6 +224,8 @@ class Settings:
         count_tokens: with a real key, count changed requests with the count_tokens API.
         accept_estimates: ``--token-budget-accept-estimates``: the update writes estimated entries.
         allow_unpriced: a turn whose model has no price does not fail the report's gate.
+        partial_files: test files the command line narrowed to some of their tests
+            (``file.py::test``): the baseline update prunes nothing in them.
     """
 
     record_mode: RecordMode
@@ -242,6 +244,7 @@ class Settings:
     count_tokens: bool = True
     allow_unpriced: bool = False
     accept_estimates: bool = False
+    partial_files: frozenset[str] = frozenset()
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -314,4 +317,19 @@ def resolve(config: pytest.Config) -> Settings:
         count_tokens=bool(config.getini("token_budget_count_tokens")),
         allow_unpriced=bool(config.getini("token_budget_allow_unpriced")),
         accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
+        partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
     )
+
+
+def _partial_files(args: Sequence[str], invocation_dir: Path, rootdir: Path) -> frozenset[str]:
+    """Files named with a test selector (``path::test``) on the command line, rootdir-relative."""
+    files = set()
+    for arg in args:
+        if "::" not in arg:
+            continue
+        path = (invocation_dir / arg.split("::", 1)[0]).resolve()
+        try:
+            files.add(path.relative_to(rootdir.resolve()).as_posix())
+        except ValueError:
+            continue
+    return frozenset(files)

@@ -189,13 +189,15 @@ def merge_baseline(
     collected: Iterable[str],
     rootdir: Path,
     known: Mapping[str, BaselineEntry] | None = None,
+    partial: Iterable[str] = (),
 ) -> Merge:
     """The baseline after an update: tests that ran replace their entries; gone tests are pruned.
 
     An entry is pruned when its test file no longer exists, or when its file was collected in
-    this session and the test was not (renamed or deleted). Entries of tests that exist but did
-    not run (deselected, other files) are kept and listed as ``stale``: a partial run never
-    drops what it did not see.
+    this session and the test was not (renamed or deleted), unless the command line narrowed
+    that file to some of its tests (``partial``, e.g. ``pytest file.py::test_one``). Entries of
+    tests that exist but did not run (deselected, other files) are kept and listed as
+    ``stale``: a partial run never drops what it did not see.
 
     ``known`` is the baseline as this run read it at its start (default: ``old``). Only an entry
     this run saw then, unchanged, may be pruned: under concurrent updates ``old`` is the file as
@@ -205,7 +207,7 @@ def merge_baseline(
     gone by then.
     """
     collected = set(collected)
-    collected_files = {test.split("::")[0] for test in collected}
+    collected_files = {test.split("::")[0] for test in collected} - set(partial)
     seen = old if known is None else known
     merged = Merge(entries=dict(new), updated=sorted(new))
     for test, entry in (old or {}).items():
@@ -238,6 +240,7 @@ def update_baseline(
     collected: Iterable[str],
     rootdir: Path,
     known: Mapping[str, BaselineEntry],
+    partial: Iterable[str] = (),
 ) -> Merge:
     """Merge this run's entries into the baseline on disk and write it, under a cross-process lock.
 
@@ -280,7 +283,7 @@ def update_baseline(
         pause = os.environ.get(_TEST_PAUSE_VARIABLE)
         if pause:
             time.sleep(float(pause))
-        merged = merge_baseline(on_disk, new, collected=collected, rootdir=rootdir, known=known)
+        merged = merge_baseline(on_disk, new, collected=collected, rootdir=rootdir, known=known, partial=partial)
         write_baseline(path, merged.entries)
     finally:
         lock.release()

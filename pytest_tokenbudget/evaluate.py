@@ -180,9 +180,7 @@ def _changed_requests(
         response = departure.recorded.response_body.try_json()
         if not isinstance(requests, list) or not isinstance(response, dict):
             continue
-        params = {
-            str(r.get("custom_id")): r.get("params") for r in requests if isinstance(r, dict) and "params" in r
-        }
+        params = {str(r.get("custom_id")): r.get("params") for r in requests if isinstance(r, dict) and "params" in r}
         for turn in ledger.turns:
             old = params.get(str(turn.custom_id))
             if turn.batch_id == response.get("id") and isinstance(old, dict) and old != turn.request:

@@ -252,6 +252,20 @@ def test_update_prunes_tests_that_no_longer_exist_and_keeps_deselected_ones(reco
     assert sorted(_baseline(recorded)["tests"]) == ["test_refund.py::test_refund"]
 
 
+def test_update_of_one_named_test_keeps_its_siblings(recorded: pytest.Pytester) -> None:
+    """``pytest file.py::test --token-budget-update`` (the accept command) prunes nothing else of that file."""
+    document = _baseline(recorded)
+    entry = document["tests"]["test_refund.py::test_refund"]
+    document["tests"]["test_refund.py::test_sibling"] = entry
+    (recorded.path / "tokenbudget-baseline.json").write_text(json.dumps(document))
+    _project(recorded, AGENT + "\n\ndef test_sibling():\n    assert True\n")
+    result = _run(recorded, "test_refund.py::test_refund", "--token-budget-update")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*kept 1 entry for tests that did not run: test_refund.py::test_sibling"])
+    assert "pruned" not in result.stdout.str()
+    assert sorted(_baseline(recorded)["tests"]) == ["test_refund.py::test_refund", "test_refund.py::test_sibling"]
+
+
 def test_xdist_writes_one_identical_baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``-n 2`` the controller writes the baseline once, identical to a serial run's."""
     _project(
