@@ -357,11 +357,12 @@ class RunSession:
         budget = self.settings.suite
         if budget.is_empty():
             return None
-        from ._suite import SuiteTotals, check_suite
+        from ._suite import SuiteTotals, Uncompared, check_suite
 
         run = sum((_test_totals(entry) for entry in report.tests), SuiteTotals())
         if coverage is None or self.baseline is None:
-            return check_suite(budget, run)
+            why = Uncompared.UPDATE if self.settings.update else Uncompared.NO_BASELINE
+            return check_suite(budget, run, uncompared=why)
         current = SuiteTotals()
         before = SuiteTotals()
         for test in coverage.checked:

@@ -41,6 +41,7 @@ __all__ = [
     "Threshold",
     "ThresholdCheck",
     "ThresholdError",
+    "Uncompared",
     "check_suite",
     "parse_thresholds",
 ]
@@ -235,6 +236,15 @@ class ThresholdCheck:
     passed: bool
 
 
+class Uncompared(enum.StrEnum):
+    """Why the run was not compared with the baseline."""
+
+    NO_BASELINE = "no_baseline"
+    """There is no baseline file."""
+    UPDATE = "update"
+    """``--token-budget-update`` rewrites the baseline from this run."""
+
+
 @dataclass(frozen=True)
 class SuiteVerdict:
     """The suite budget's verdict on a run.
@@ -248,6 +258,7 @@ class SuiteVerdict:
         left_out: baseline entries not checked in this run, left out of the comparison.
         new: tests of this run with no baseline entry, left out of the comparison.
         thresholds: the thresholds, each checked (none when no test was compared).
+        uncompared: why the run was not compared with the baseline (``None``: it was).
     """
 
     budget: SuiteBudget
@@ -258,6 +269,7 @@ class SuiteVerdict:
     left_out: int = 0
     new: int = 0
     thresholds: tuple[ThresholdCheck, ...] = ()
+    uncompared: Uncompared | None = None
 
     @property
     def broken(self) -> int:
@@ -283,11 +295,13 @@ def check_suite(
     baseline: SuiteTotals | None = None,
     left_out: int = 0,
     new: int = 0,
+    uncompared: Uncompared | None = None,
 ) -> SuiteVerdict:
     """Judge the run's totals against the absolute limits, and ``current`` (this run over the tests
     checked against the baseline) against ``baseline`` (the baseline over the same tests).
 
-    Limits are not judged when the run made no API turn; thresholds not when no test was compared.
+    Limits are not judged when the run made no API turn; thresholds not when no test was compared
+    (``uncompared`` says why there was no comparison at all).
     """
     limits: list[LimitCheck] = []
     if run.tests:
@@ -308,4 +322,4 @@ def check_suite(
             now, before = current.value(threshold.metric), baseline.value(threshold.metric)
             passed = now is not None and before is not None and not threshold.broken(now, before)
             checks.append(ThresholdCheck(threshold, now, before, passed))
-    return SuiteVerdict(budget, run, tuple(limits), current, baseline, left_out, new, tuple(checks))
+    return SuiteVerdict(budget, run, tuple(limits), current, baseline, left_out, new, tuple(checks), uncompared)

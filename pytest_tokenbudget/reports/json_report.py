@@ -106,6 +106,7 @@ def _suite_json(verdict: SuiteVerdict) -> dict[str, Any]:
             for check in verdict.limits
         ],
         "compared": compared,
+        "uncompared": verdict.uncompared.value if verdict.uncompared is not None else None,
         "thresholds": [
             {
                 "threshold": str(check.threshold),

@@ -7,7 +7,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from .._suite import LimitCheck, Metric, SuiteTotals, SuiteVerdict, Threshold, ThresholdCheck
+from .._suite import LimitCheck, Metric, SuiteTotals, SuiteVerdict, Threshold, ThresholdCheck, Uncompared
 from ..analysis import Verdict
 from ..ledger import Totals
 from .model import Coverage, GateLine, Report
@@ -316,8 +316,10 @@ def suite_compared_line(verdict: SuiteVerdict) -> str | None:
     if verdict.new:
         left.append(f"{_plural(verdict.new, 'test', 'tests')} not in the baseline")
     left_out = f" (left out: {', '.join(left)})" if left else ""
+    if verdict.uncompared is Uncompared.UPDATE:
+        return "against the baseline: not compared (--token-budget-update rewrites it from this run)"
     if verdict.current is None:
-        return "against the baseline: there is no baseline, nothing compared"
+        return "against the baseline: no baseline yet, nothing compared (create it with --token-budget-update)"
     if not verdict.current.tests:
         return f"against the baseline: no test checked in this run, nothing compared{left_out}"
     return f"against the baseline over the same {_plural(verdict.current.tests, 'test', 'tests')}{left_out}:"
