@@ -5,9 +5,10 @@ hooks hand every decision here.
 
 from __future__ import annotations
 
+import enum
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,15 +29,25 @@ if TYPE_CHECKING:
     # The pipeline, prices and reports load when a test first makes an API call (or the session
     # ends): a suite that never calls the API does not pay for importing them.
     from ._settings import Settings
+    from ._suite import SuiteTotals, SuiteVerdict
     from .baseline import BaselineEntry
     from .budgets import Budget
     from .evaluate import Evaluation, TestResult
     from .pricing import Pricer
-    from .reports import GateLine
+    from .reports import Coverage, GapReason, GateLine, Report, TestEntry
 
-__all__ = ["RunSession", "TestRun"]
+__all__ = ["Outcome", "RunSession", "TestRun"]
 
-_WIRE_VERSION = 1
+_WIRE_VERSION = 2
+
+
+class Outcome(enum.IntEnum):
+    """How a test ended, over its setup, call and teardown (the worst phase wins)."""
+
+    PASSED = 0
+    SKIPPED = 1
+    FAILED = 2
+    """Failed or errored, or failed as expected (xfail)."""
 
 
 @dataclass
@@ -81,15 +92,24 @@ class RunSession:
         settings: the resolved options.
         results: each test's result, by node id.
         baseline: the committed baseline (``None`` when it does not exist or is not read).
-        collected: every collected node id (the baseline update prunes by it).
+        collected: every collected node id, deselected ones included (the baseline update
+            prunes by it).
+        deselected: the node ids deselected (``-k``, ``-m``, ``--deselect``...), when the run
+            is judged against a baseline.
+        outcomes: how each test with a baseline entry ended, when the run is judged against a
+            baseline (under xdist, the controller's record of its workers' reports).
         lines: what the session says at its end, set by :meth:`finish`.
+        suite: the suite budget's verdict, set by :meth:`finish` (``None``: no suite budget).
     """
 
     settings: Settings
     results: dict[str, TestResult] = field(default_factory=dict)
     baseline: dict[str, BaselineEntry] | None = None
     collected: set[str] = field(default_factory=set)
+    deselected: set[str] = field(default_factory=set)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
+    suite: SuiteVerdict | None = None
     _pricer: Pricer | None = None
     _update_lines: list[GateLine] = field(default_factory=list)
 
@@ -110,6 +130,17 @@ class RunSession:
         return session
 
     @property
+    def judged(self) -> bool:
+        """The run is judged against the committed baseline (``--token-budget`` without
+        ``--token-budget-update``, and a baseline file)."""
+        return self.settings.report and not self.settings.update and self.baseline is not None
+
+    @property
+    def fails_session(self) -> bool:
+        """The suite budget is broken: the session fails even when every test passed."""
+        return self.suite is not None and self.suite.failed
+
+    @property
     def pricer(self) -> Pricer:
         """The session's pricer (one instant for "now" pricing, for the whole run)."""
         if self._pricer is None:
@@ -117,6 +148,24 @@ class RunSession:
 
             self._pricer = Pricer(override_files=self.settings.price_files, timestamp_policy=self.settings.price_at)
         return self._pricer
+
+    # ------------------------------------------------------------------ what ran
+
+    def note_deselected(self, nodeids: Iterable[str]) -> None:
+        """Tests deselected from the run."""
+        self.deselected.update(nodeids)
+
+    def note_report(self, nodeid: str, outcome: str, *, xfail: bool = False) -> None:
+        """One phase's outcome (``passed``, ``failed``, ``skipped``) of a test with a baseline entry."""
+        if self.baseline is None or nodeid not in self.baseline:
+            return
+        if outcome == "failed" or (outcome == "skipped" and xfail):
+            now = Outcome.FAILED
+        elif outcome == "skipped":
+            now = Outcome.SKIPPED
+        else:
+            now = Outcome.PASSED
+        self.outcomes[nodeid] = max(now, self.outcomes.get(nodeid, Outcome.PASSED))
 
     # ------------------------------------------------------------------ one test
 
@@ -223,14 +272,20 @@ class RunSession:
         """This worker's results for the controller (request bodies left out: reports do not
         need them, and they are most of a long run's bytes)."""
         results = [_lean(result) for result in self.results.values()]
-        return pickle.dumps((_WIRE_VERSION, results, sorted(self.collected)), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(
+            (_WIRE_VERSION, results, sorted(self.collected), sorted(self.deselected)),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
 
     def merge_worker(self, payload: bytes) -> None:
-        """Take a finished worker's results."""
-        version, results, collected = pickle.loads(payload)
+        """Take a finished worker's results, and what it collected and deselected (each worker
+        collects the whole run; the controller sees every test's reports itself)."""
+        version, *rest = pickle.loads(payload)
         if version != _WIRE_VERSION:  # pragma: no cover - workers run this same code
-            raise RuntimeError(f"tokenbudget: xdist worker sent wire version {version}")
+            raise RuntimeError(f"tokenbudget: xdist worker sent wire version {version}, expected {_WIRE_VERSION}")
+        results, collected, deselected = rest
         self.collected.update(collected)
+        self.deselected.update(deselected)
         for result in results:
             self.results[result.nodeid] = result
 
@@ -247,6 +302,9 @@ class RunSession:
 
         entries = [r.entry for _, r in sorted(self.results.items()) if r.entry is not None]
         report = build_report(entries, self.pricer.source.as_dict())
+        coverage = self.coverage()
+        self.suite = self._suite_verdict(report, coverage)
+        report = replace(report, coverage=coverage, suite=self.suite)
         self.lines = publish(
             report,
             self.gate_lines(),
@@ -254,6 +312,68 @@ class RunSession:
             markdown_path=settings.markdown_path,
             verbose=settings.verbose,
         )
+
+    def coverage(self) -> Coverage | None:
+        """Which baseline entries this run checked, and why each other one was not (``None``
+        when the run is not judged against a baseline)."""
+        if not self.judged or self.baseline is None:
+            return None
+        from .reports import Coverage, GapReason, NotChecked
+
+        checked: list[str] = []
+        groups: dict[GapReason, list[str]] = {}
+        for test in sorted(self.baseline):
+            reason = self._gap(test)
+            if reason is None:
+                checked.append(test)
+            else:
+                groups.setdefault(reason, []).append(test)
+        not_checked = tuple(NotChecked(reason, tuple(groups[reason])) for reason in GapReason if reason in groups)
+        return Coverage(len(self.baseline), tuple(checked), not_checked)
+
+    def _gap(self, test: str) -> GapReason | None:
+        """Why a baseline entry was not checked (``None``: it was)."""
+        from .reports import GapReason
+
+        result = self.results.get(test)
+        if result is not None and result.baseline is not None:
+            return None
+        if test in self.deselected:
+            return GapReason.DESELECTED
+        if test not in self.collected:
+            return GapReason.NOT_COLLECTED
+        outcome = self.outcomes.get(test)
+        if outcome is None:
+            return GapReason.NOT_RUN
+        if outcome is Outcome.SKIPPED:
+            return GapReason.SKIPPED
+        if result is not None and result.ledger.turns:
+            return GapReason.UNCOMPARABLE
+        if outcome is Outcome.FAILED:
+            return GapReason.FAILED_BEFORE_CALL
+        return GapReason.NO_CALL
+
+    def _suite_verdict(self, report: Report, coverage: Coverage | None) -> SuiteVerdict | None:
+        """The suite budget against this run's totals, and (judged runs) against the baseline's
+        totals over the tests checked."""
+        budget = self.settings.suite
+        if budget.is_empty():
+            return None
+        from ._suite import SuiteTotals, Uncompared, check_suite
+
+        run = sum((_test_totals(entry) for entry in report.tests), SuiteTotals())
+        if coverage is None or self.baseline is None:
+            why = Uncompared.UPDATE if self.settings.update else Uncompared.NO_BASELINE
+            return check_suite(budget, run, uncompared=why)
+        current = SuiteTotals()
+        before = SuiteTotals()
+        for test in coverage.checked:
+            now = self.results[test].baseline
+            assert now is not None  # checked: compared with its entry
+            current += _entry_totals(now)
+            before += _entry_totals(self.baseline[test])
+        new = sum(1 for test, r in self.results.items() if r.ledger.turns and test not in self.baseline)
+        return check_suite(budget, run, current=current, baseline=before, left_out=coverage.unchecked, new=new)
 
     def _update_baseline(self, path: Path) -> list[GateLine]:
         """Write the baseline from this run (passed tests replace their entries; gone tests are pruned),
@@ -360,6 +480,33 @@ class RunSession:
         if result.baseline is not None and result.baseline.cost_usd is not None:
             out.append(("tokenbudget_cost_usd", str(result.baseline.cost_usd)))
         return out
+
+
+def _entry_totals(entry: BaselineEntry) -> SuiteTotals:
+    from ._suite import SuiteTotals
+
+    return SuiteTotals(
+        1,
+        entry.total_input_tokens,
+        entry.cache_read_input_tokens,
+        entry.output_tokens,
+        entry.cost_usd,
+        entry.estimated,
+    )
+
+
+def _test_totals(entry: TestEntry) -> SuiteTotals:
+    from ._suite import SuiteTotals
+
+    totals = entry.totals
+    return SuiteTotals(
+        1,
+        totals.total_input_tokens,
+        totals.cache_read_input_tokens,
+        totals.output_tokens,
+        entry.cost_usd,
+        any(item.turn.estimated for item in entry.turns),
+    )
 
 
 def _lean(result: TestResult) -> TestResult:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._modes import BASELINE_NAME, PriceAt, RecordMode
+from ._suite import GRAMMAR, SuiteBudget, Threshold, ThresholdError, parse_thresholds
 from .config import Config, load_config
 
 if TYPE_CHECKING:
@@ -139,6 +140,19 @@ OPTIONS: tuple[Option, ...] = (
         cli_default="now",
     ),
     Option(
+        "suite-fail",
+        "fail the session when the suite's totals move past a threshold against the baseline's, over the "
+        "same tests: cost:N%% or cost:N (USD), tokens:N%% or tokens:N, hit_rate:N%% (of the baseline's rate) or "
+        "hit_rate:N (a drop as a fraction: 0.05 = 5 points); comma-separated or repeatable. "
+        "Replaces the ini key and the config file's suite.fail_on.",
+        action="append",
+        metavar="EXPR",
+        ini="token_budget_suite_fail",
+        ini_help="suite thresholds against the baseline (as --token-budget-suite-fail), one or more per line",
+        ini_type="linelist",
+        ini_default=[],
+    ),
+    Option(
         "json",
         "write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
         metavar="PATH",
@@ -226,6 +240,8 @@ class Settings:
         allow_unpriced: a turn whose model has no price does not fail the report's gate.
         partial_files: test files the command line narrowed to some of their tests
             (``file.py::test``): the baseline update prunes nothing in them.
+        suite: the suite's budget: the config file's ``suite`` section, its thresholds replaced
+            by ``--token-budget-suite-fail`` or the ini key when given.
     """
 
     record_mode: RecordMode
@@ -245,6 +261,7 @@ class Settings:
     allow_unpriced: bool = False
     accept_estimates: bool = False
     partial_files: frozenset[str] = frozenset()
+    suite: SuiteBudget = field(default_factory=SuiteBudget)
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -275,6 +292,23 @@ def _explicit_record_mode(args: Sequence[str]) -> bool:
     return any(arg == "--record-mode" or arg.startswith("--record-mode=") for arg in args)
 
 
+def _suite_thresholds(config: pytest.Config) -> tuple[Threshold, ...] | None:
+    """``--token-budget-suite-fail`` (each comma-separated), else the ini key; ``None`` when neither is given."""
+    given: list[str] | None = config.getoption("token_budget_suite_fail")
+    where = "--token-budget-suite-fail"
+    if not given:
+        given, where = list(config.getini("token_budget_suite_fail")), "ini token_budget_suite_fail"
+    if not given:
+        return None
+    thresholds: list[Threshold] = []
+    for expression in given:
+        try:
+            thresholds.extend(parse_thresholds(expression))
+        except ThresholdError as error:
+            raise UsageProblem(f"tokenbudget: {where}: {error}\n  accepted: {GRAMMAR}") from None
+    return tuple(thresholds)
+
+
 def resolve(config: pytest.Config) -> Settings:
     """The run's settings from pytest's options, ini keys and the budgets file.
 
@@ -287,6 +321,7 @@ def resolve(config: pytest.Config) -> Settings:
     price_at = config.getoption("token_budget_price_at") or str(config.getini("token_budget_price_at")).strip()
     if price_at not in _PRICE_AT:
         raise UsageProblem(f"tokenbudget: token_budget_price_at = {price_at!r}; use now or recorded")
+    thresholds = _suite_thresholds(config)
     budgets = load_config(
         rootdir, config.getoption("token_budget_config") or str(config.getini("token_budget_config")) or None
     )
@@ -318,6 +353,7 @@ def resolve(config: pytest.Config) -> Settings:
         allow_unpriced=bool(config.getini("token_budget_allow_unpriced")),
         accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
         partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
+        suite=budgets.suite if thresholds is None else replace(budgets.suite, fail_on=thresholds),
     )
 
 

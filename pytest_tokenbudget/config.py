@@ -9,6 +9,9 @@
         max_cost_usd: 0.05
         min_cache_hit_rate: 0.6
         prefix_stable: true
+    suite:                          # the whole run (see pytest_tokenbudget._suite)
+      max_cost_usd: 2.00
+      fail_on: ["cost:5%", "hit_rate:0.05"]   # against the baseline's totals over the same tests
     baseline: tokenbudget-baseline.json
     prices: [tokenbudget-prices.yaml]
 
@@ -21,12 +24,14 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._validate import json_path, load_yaml, schema_problems
+from ._suite import GRAMMAR, SuiteBudget, Threshold, ThresholdError, parse_thresholds
+from ._validate import json_path, line_of, load_yaml, schema_problems
 from .budgets import Budget
 from .errors import ConfigError
 
@@ -44,6 +49,7 @@ class Config:
     patterns: tuple[tuple[str, Budget], ...] = ()
     baseline: str | None = None
     prices: tuple[str, ...] = ()
+    suite: SuiteBudget = field(default_factory=SuiteBudget)
 
     def budget_for(self, nodeid: str) -> Budget:
         """Defaults, then each matching pattern in file order."""
@@ -75,7 +81,7 @@ def load_config(rootdir: Path, explicit: str | None = None) -> Config:
 
 
 def _from_yaml(path: Path) -> Config:
-    data, _root = load_yaml(
+    data, root = load_yaml(
         path,
         "config.schema.json",
         ConfigError,
@@ -84,7 +90,7 @@ def _from_yaml(path: Path) -> Config:
     )
     if not isinstance(data, dict):
         raise ConfigError("token budget config is invalid", file=str(path), why="expected a mapping")
-    return _build(data, str(path))
+    return _build(data, str(path), line=lambda *keys: line_of(root, keys))
 
 
 def _from_pyproject(path: Path, *, required: bool) -> Config:
@@ -108,7 +114,15 @@ def _from_pyproject(path: Path, *, required: bool) -> Config:
             details=[f"also: {p[1]}" for p in problems[1:]],
             fix="correct the key (the schema is pytest_tokenbudget/schemas/config.schema.json)",
         )
-    return _build(data, f"{path} [tool.tokenbudget]")
+    return _build(
+        data,
+        f"{path} [tool.tokenbudget]",
+        line=lambda *keys: _toml_line(text, _last_name(keys)),
+    )
+
+
+def _last_name(keys: tuple[str | int, ...]) -> str:
+    return next((k for k in reversed(keys) if isinstance(k, str)), "")
 
 
 def _last_key(path: Sequence[str | int]) -> str:
@@ -130,10 +144,35 @@ def _toml_line(text: str, key: str) -> int | None:
     return None
 
 
-def _build(data: dict[str, Any], where: str) -> Config:
+def _build(data: dict[str, Any], where: str, *, line: Callable[..., int | None]) -> Config:
     defaults = Budget.from_mapping(data.get("defaults") or {}, where=f"{where}: defaults")
     patterns = tuple(
         (str(pattern), Budget.from_mapping(values or {}, where=f"{where}: tests{json_path([pattern])}"))
         for pattern, values in (data.get("tests") or {}).items()
     )
-    return Config(where, defaults, patterns, data.get("baseline"), tuple(data.get("prices") or ()))
+    suite = _suite(data.get("suite") or {}, where, line)
+    return Config(where, defaults, patterns, data.get("baseline"), tuple(data.get("prices") or ()), suite)
+
+
+def _suite(data: dict[str, Any], where: str, line: Callable[..., int | None]) -> SuiteBudget:
+    """The ``suite`` section (its keys and types already checked by the schema)."""
+    fail_on = data.get("fail_on") or ()
+    thresholds: list[Threshold] = []
+    for number, expression in enumerate([fail_on] if isinstance(fail_on, str) else fail_on):
+        try:
+            thresholds.extend(parse_thresholds(expression))
+        except ThresholdError as error:
+            at = line("suite", "fail_on", number) if not isinstance(fail_on, str) else line("suite", "fail_on")
+            raise ConfigError(
+                "token budget config is invalid",
+                file=where + (f", line {at}" if at else ""),
+                why=f"suite.fail_on: {error}",
+                fix=f"write thresholds as {GRAMMAR}",
+            ) from None
+    cost, tokens, rate = data.get("max_cost_usd"), data.get("max_total_tokens"), data.get("min_cache_hit_rate")
+    return SuiteBudget(
+        max_cost_usd=Decimal(str(cost)) if cost is not None else None,
+        max_total_tokens=int(tokens) if tokens is not None else None,
+        min_cache_hit_rate=Decimal(str(rate)) if rate is not None else None,
+        fail_on=tuple(thresholds),
+    )

@@ -42,11 +42,27 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the marker and start the session; a bad value or file is a usage error, not a traceback."""
     config.addinivalue_line("markers", _MARKER_HELP)
     try:
-        config.stash[_SESSION] = RunSession.start(resolve(config))
+        session = config.stash[_SESSION] = RunSession.start(resolve(config))
     except UsageProblem as problem:
         raise pytest.UsageError(str(problem)) from None
     except TokenBudgetError as error:
         raise pytest.UsageError(error.render()) from None
+    if session.judged:  # only then: a run without a baseline pays nothing per test for it
+        config.pluginmanager.register(_BaselineWatch(session), "tokenbudget-baseline-watch")
+
+
+class _BaselineWatch:
+    """Hooks of a run judged against a baseline: what was deselected, and how tests ended (for
+    the summary of baseline entries not checked)."""
+
+    def __init__(self, session: RunSession) -> None:
+        self.session = session
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.session.note_deselected(item.nodeid for item in items)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.note_report(report.nodeid, report.outcome, xfail=hasattr(report, "wasxfail"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -234,10 +250,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workerinput"):
         config.workeroutput["tokenbudget"] = config.stash[_SESSION].publish_worker()  # type: ignore[attr-defined]
         return
+    run = config.stash[_SESSION]
     try:
-        config.stash[_SESSION].finish()
+        run.finish()
     except TokenBudgetError as error:  # the baseline's lock was not free, or the file became invalid
         pytest.exit(error.render(), returncode=pytest.ExitCode.USAGE_ERROR)
+    if run.fails_session and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the suite budget is broken
 
 
 @pytest.hookimpl(optionalhook=True)

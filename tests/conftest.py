@@ -164,3 +164,59 @@ def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run without ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL in the environment."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+
+
+# A small suite for the suite-level gate: two cached conversations, four parametrized ones and a
+# test that never calls the API. Node ids: test_agent.py::test_refund, ::test_short,
+# ::test_more[1]..[4], ::test_plain.
+SUITE_AGENT = """
+import anthropic
+import pytest
+from pytest_tokenbudget.emulator import Reply
+
+SYSTEM_TEXT = "You are the refund agent of the shop. Check the order before refunding. " * 80
+QUESTION = "Where is my order 42?"
+
+
+def ask(turns, question=QUESTION):
+    client = anthropic.Anthropic()
+    messages = [{"role": "user", "content": question}]
+    for k in range(turns):
+        reply = client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=64, messages=messages,
+            system=[{"type": "text", "text": SYSTEM_TEXT, "cache_control": {"type": "ephemeral"}}],
+        )
+        messages += [{"role": "assistant", "content": reply.content[0].text},
+                     {"role": "user", "content": f"And then? ({k})"}]
+
+
+def test_refund(anthropic_emulator):
+    anthropic_emulator.script(*[Reply.text(f"Step {k}: checking the order.") for k in range(3)])
+    ask(3)
+
+
+def test_short(anthropic_emulator):
+    anthropic_emulator.script(Reply.text("Shipped."))
+    ask(1)
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3, 4])
+def test_more(anthropic_emulator, turns):
+    anthropic_emulator.script(*[Reply.text("ok") for _ in range(turns)])
+    ask(turns)
+
+
+def test_plain():
+    assert True
+"""
+
+
+def record_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, body: str = SUITE_AGENT) -> None:
+    """Record :data:`SUITE_AGENT` through the emulator, write its baseline, then block the network."""
+    pytester.makeconftest(NETWORK_GUARD)
+    pytester.makepyfile(test_agent=body)
+    pytester.runpytest("-p", "no:cacheprovider", "--token-budget-record=once").assert_outcomes(passed=7)
+    monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
+    updated = pytester.runpytest("-p", "no:cacheprovider", "--token-budget-update")
+    updated.assert_outcomes(passed=7)
+    updated.stdout.fnmatch_lines(["  baseline tokenbudget-baseline.json: 6 test(s) written"])

@@ -9,8 +9,11 @@ from __future__ import annotations
 from .json_report import SCHEMA_VERSION, report_json, report_schema, validate_report
 from .markdown import render_markdown
 from .model import (
+    Coverage,
+    GapReason,
     GateKind,
     GateLine,
+    NotChecked,
     Report,
     ReportError,
     TestEntry,
@@ -24,8 +27,11 @@ from .terminal import render_text
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Coverage",
+    "GapReason",
     "GateKind",
     "GateLine",
+    "NotChecked",
     "Report",
     "ReportError",
     "TestEntry",

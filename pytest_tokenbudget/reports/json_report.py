@@ -9,12 +9,14 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from .._suite import Metric, SuiteTotals, SuiteVerdict
 from ..ledger import Totals
-from .model import Report, TestEntry, TurnEntry
+from .model import Coverage, Report, TestEntry, TurnEntry
 
 __all__ = ["SCHEMA_VERSION", "report_json", "report_schema", "validate_report"]
 
@@ -23,7 +25,7 @@ SCHEMA_VERSION = 1
 
 def report_json(report: Report) -> dict[str, Any]:
     """The JSON document (see ``schemas/report.schema.json``)."""
-    return {
+    out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "price_source": dict(report.price_source),
@@ -32,6 +34,90 @@ def report_json(report: Report) -> dict[str, Any]:
         "errors": [
             {k: v for k, v in (("path", e.path), ("test", e.test), ("reason", e.reason)) if v is not None}
             for e in report.errors
+        ],
+    }
+    if report.coverage is not None:
+        out["baseline_coverage"] = _coverage_json(report.coverage)
+    if report.suite is not None:
+        out["suite"] = _suite_json(report.suite)
+    return out
+
+
+def _coverage_json(coverage: Coverage) -> dict[str, Any]:
+    return {
+        "entries": coverage.entries,
+        "checked": list(coverage.checked),
+        "unchecked": coverage.unchecked,
+        "not_checked": [
+            {"reason": group.reason.value, "description": group.reason.description, "tests": list(group.tests)}
+            for group in coverage.not_checked
+        ],
+    }
+
+
+def _number(metric: Metric, value: Fraction | None) -> float | int | None:
+    if value is None:
+        return None
+    if metric is Metric.TOKENS:
+        return int(value)
+    return round(float(value), 6) if metric is Metric.HIT_RATE else float(value)
+
+
+def _suite_totals_json(totals: SuiteTotals) -> dict[str, Any]:
+    return {
+        "tests": totals.tests,
+        "total_input_tokens": totals.input_tokens,
+        "cache_read_input_tokens": totals.cache_read_input_tokens,
+        "output_tokens": totals.output_tokens,
+        "total_tokens": totals.total_tokens,
+        "cost_usd": _money(totals.cost_usd),
+        "cache_hit_rate": round(float(totals.hit_rate), 6),
+        "estimated": totals.estimated,
+    }
+
+
+def _suite_json(verdict: SuiteVerdict) -> dict[str, Any]:
+    budget = verdict.budget
+    compared = None
+    if verdict.current is not None and verdict.baseline is not None:
+        compared = {
+            "current": _suite_totals_json(verdict.current),
+            "baseline": _suite_totals_json(verdict.baseline),
+            "left_out": verdict.left_out,
+            "new": verdict.new,
+        }
+    return {
+        "passed": not verdict.failed,
+        "budget": {
+            "max_cost_usd": _money(budget.max_cost_usd),
+            "max_total_tokens": budget.max_total_tokens,
+            "min_cache_hit_rate": float(budget.min_cache_hit_rate) if budget.min_cache_hit_rate is not None else None,
+            "fail_on": [str(t) for t in budget.fail_on],
+        },
+        "run": _suite_totals_json(verdict.run),
+        "limits": [
+            {
+                "key": check.key,
+                "metric": check.metric.value,
+                "limit": _number(check.metric, check.limit),
+                "current": _number(check.metric, check.current),
+                "passed": check.passed,
+            }
+            for check in verdict.limits
+        ],
+        "compared": compared,
+        "uncompared": verdict.uncompared.value if verdict.uncompared is not None else None,
+        "thresholds": [
+            {
+                "threshold": str(check.threshold),
+                "metric": check.threshold.metric.value,
+                "amount": float(check.threshold.amount),
+                "relative": check.threshold.relative,
+                "current": _number(check.threshold.metric, check.current),
+                "baseline": _number(check.threshold.metric, check.baseline),
+                "passed": check.passed,
+            }
+            for check in verdict.thresholds
         ],
     }
 

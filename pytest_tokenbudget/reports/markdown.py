@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import GateKind, GateLine, Report
-from .terminal import format_row, source_line
+from .model import Coverage, GateKind, GateLine, Report
+from .terminal import (
+    coverage_headline,
+    describe_limit,
+    describe_threshold,
+    format_row,
+    name_some,
+    source_line,
+    suite_compared_line,
+    suite_headline,
+    suite_run_line,
+)
 
 __all__ = ["render_markdown"]
 
@@ -24,10 +34,12 @@ def render_markdown(report: Report, *, title: str = "Token budget", gate: Sequen
             out.append(f"- :x: `{test}`")
             out.extend(f"  - {reason}" for reason in reasons)
         out.append("")
+    out.extend(_suite(report))
     others = [line for line in gate if line.kind is not GateKind.FAIL]
     if others:
         out.extend(f"- {line.render()}" for line in others)
         out.append("")
+    out.extend(_coverage(report.coverage))
     if report.tests:
         out.append("| test | turns | input | cache write | cache read | output | hit rate | cost USD |")
         out.append("|---|--:|--:|--:|--:|--:|--:|--:|")
@@ -49,3 +61,32 @@ def render_markdown(report: Report, *, title: str = "Token budget", gate: Sequen
             out.append(error.reason)
             out.append("```")
     return "\n".join(out) + "\n"
+
+
+def _mark(passed: bool) -> str:
+    return ":white_check_mark:" if passed else ":x:"
+
+
+def _suite(report: Report) -> list[str]:
+    verdict = report.suite
+    if verdict is None:
+        return []
+    out = [f"**{suite_headline(verdict)}**", "", f"- {suite_run_line(verdict)}"]
+    out.extend(f"  - {_mark(c.passed)} {describe_limit(c, verdict.run)}" for c in verdict.limits)
+    compared = suite_compared_line(verdict)
+    if compared is not None:
+        out.append(f"- {compared}")
+    out.extend(f"  - {_mark(c.passed)} {describe_threshold(c, verdict)}" for c in verdict.thresholds)
+    out.append("")
+    return out
+
+
+def _coverage(coverage: Coverage | None) -> list[str]:
+    if coverage is None:
+        return []
+    out = [f"**{coverage_headline(coverage)}**", ""]
+    for group in coverage.not_checked:
+        out.append(f"- {len(group.tests):,} {group.reason.description}: {name_some([f'`{t}`' for t in group.tests])}")
+    if coverage.not_checked:
+        out.append("")
+    return out

@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from .._suite import SuiteVerdict
 from ..analysis import TurnCache, analyze
 from ..errors import TokenBudgetError
 from ..ledger import Ledger, Totals, Turn
 from ..pricing import Pricer, TurnCost
 
 __all__ = [
+    "Coverage",
+    "GapReason",
     "GateKind",
     "GateLine",
+    "NotChecked",
     "Report",
     "ReportError",
     "TestEntry",
@@ -112,13 +116,86 @@ class GateLine:
         return f"{self.test}: {self.text}"
 
 
+class GapReason(enum.StrEnum):
+    """Why a baseline entry was not checked in a run (the order is the summary's)."""
+
+    DESELECTED = "deselected"
+    """Deselected (``-k``, ``-m``, ``--deselect``, ``--lf``)."""
+    SKIPPED = "skipped"
+    """Skipped."""
+    FAILED_BEFORE_CALL = "failed_before_call"
+    """Failed (or errored in setup) without making an API call."""
+    NO_CALL = "no_call"
+    """Ran and passed without a recorded API call, although its baseline entry has turns."""
+    UNCOMPARABLE = "uncomparable"
+    """Made API calls whose turns cannot be compared (a turn's request is not in its recording)."""
+    NOT_RUN = "not_run"
+    """Collected and selected but never run (``-x``, ``--maxfail``, an interrupt)."""
+    NOT_COLLECTED = "not_collected"
+    """Not collected in this run: renamed, removed, or outside the paths given."""
+
+    @property
+    def description(self) -> str:
+        """The reason as the summary words it, after the count."""
+        return _GAP_WORDS[self]
+
+
+_GAP_WORDS = {
+    GapReason.DESELECTED: "deselected",
+    GapReason.SKIPPED: "skipped",
+    GapReason.FAILED_BEFORE_CALL: "failed before any API call",
+    GapReason.NO_CALL: "ran without an API call (its baseline entry has turns)",
+    GapReason.UNCOMPARABLE: "made API calls that cannot be compared (a request is not in the recording)",
+    GapReason.NOT_RUN: "not run (the session stopped early)",
+    GapReason.NOT_COLLECTED: "not collected in this run (renamed, removed, or outside the paths given)",
+}
+
+
+@dataclass(frozen=True)
+class NotChecked:
+    """The baseline entries not checked for one reason, by node id (sorted)."""
+
+    reason: GapReason
+    tests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which baseline entries a run checked, and why the others were not.
+
+    Attributes:
+        entries: baseline entries.
+        checked: the entries compared with this run, by node id (sorted).
+        not_checked: the others, grouped by reason (in :class:`GapReason` order, empty groups left out).
+    """
+
+    entries: int
+    checked: tuple[str, ...]
+    not_checked: tuple[NotChecked, ...] = ()
+
+    @property
+    def unchecked(self) -> int:
+        """How many baseline entries were not checked."""
+        return sum(len(group.tests) for group in self.not_checked)
+
+
 @dataclass(frozen=True)
 class Report:
-    """The whole report."""
+    """The whole report.
+
+    Attributes:
+        tests: each test (or cassette) priced.
+        errors: what could not be read or priced.
+        price_source: the prices' library, version, override files and policy.
+        coverage: which baseline entries were checked (``None``: not judged against a baseline).
+        suite: the suite budget's verdict (``None``: no suite budget set).
+    """
 
     tests: tuple[TestEntry, ...]
     errors: tuple[ReportError, ...]
     price_source: Mapping[str, Any]
+    coverage: Coverage | None = None
+    suite: SuiteVerdict | None = None
 
     @property
     def totals(self) -> Totals:

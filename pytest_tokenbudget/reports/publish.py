@@ -11,7 +11,7 @@ from .._atomic import write_atomic
 from .json_report import report_json
 from .markdown import render_markdown
 from .model import GateLine, Report
-from .terminal import render_gate, render_text
+from .terminal import render_coverage, render_gate, render_suite, render_text
 
 __all__ = ["publish"]
 
@@ -40,7 +40,11 @@ def publish(
             handle.write(markdown)
     lines = render_text(report, verbose=verbose)
     lines.extend(render_gate(gate))
+    lines.extend(render_coverage(report.coverage))
+    lines.extend(render_suite(report.suite))
     for path in (json_path, markdown_path):
         if path is not None:
             lines.append(f"wrote {path}")
+    while lines and not lines[0]:  # no report table above: start with what there is
+        del lines[0]
     return lines

@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
+from .._suite import LimitCheck, Metric, SuiteTotals, SuiteVerdict, Threshold, ThresholdCheck, Uncompared
 from ..analysis import Verdict
 from ..ledger import Totals
-from .model import GateLine, Report
+from .model import Coverage, GateLine, Report
 
-__all__ = ["format_row", "render_gate", "render_text", "source_line"]
+__all__ = [
+    "MAX_NAMED",
+    "coverage_headline",
+    "describe_limit",
+    "describe_threshold",
+    "format_row",
+    "name_some",
+    "render_coverage",
+    "render_gate",
+    "render_suite",
+    "render_text",
+    "source_line",
+    "suite_compared_line",
+    "suite_headline",
+    "suite_run_line",
+]
 
 
 def _int(value: int) -> str:
@@ -164,3 +181,158 @@ def render_gate(gate: Sequence[GateLine]) -> list[str]:
     if not gate:
         return []
     return ["", "gate:", *("  " + line.render() for line in gate)]
+
+
+MAX_NAMED = 3
+"""Tests named per reason in the not-checked summary; the rest are counted."""
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def name_some(tests: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """The first ``limit`` names, then "and N more"."""
+    named = ", ".join(tests[:limit])
+    return named + (f" and {len(tests) - limit} more" if len(tests) > limit else "")
+
+
+def coverage_headline(coverage: Coverage) -> str:
+    """``baseline: 2 of 6 entries checked, 4 not checked``."""
+    line = f"baseline: {len(coverage.checked):,} of {_plural(coverage.entries, 'entry', 'entries')} checked"
+    return line + (f", {coverage.unchecked:,} not checked" if coverage.unchecked else "")
+
+
+def render_coverage(coverage: Coverage | None) -> list[str]:
+    """The baseline entries checked, and those not checked by reason (nothing when not judged)."""
+    if coverage is None:
+        return []
+    lines = ["", coverage_headline(coverage) + (":" if coverage.unchecked else "")]
+    for group in coverage.not_checked:
+        lines.append(f"  - {len(group.tests):,} {group.reason.description}: {name_some(group.tests)}")
+    return lines
+
+
+def _exact(value: Fraction) -> str:
+    """A decimal the user wrote (a limit or threshold), as written: 1/100 -> 0.01."""
+    return format((Decimal(value.numerator) / Decimal(value.denominator)).normalize(), "f")
+
+
+def _money(value: Fraction | None) -> str:
+    return "unknown (a model has no price)" if value is None else f"${float(value):.6f}"
+
+
+def _value(metric: Metric, value: Fraction | None) -> str:
+    if metric is Metric.COST:
+        return _money(value)
+    assert value is not None
+    if metric is Metric.TOKENS:
+        return f"{int(value):,}"
+    return f"{float(value):.2%}"
+
+
+_NAMES = {Metric.COST: "cost", Metric.TOKENS: "tokens", Metric.HIT_RATE: "cache hit rate"}
+
+
+def _estimated(totals: SuiteTotals | None) -> str:
+    return " (estimated)" if totals is not None and totals.estimated else ""
+
+
+def describe_limit(check: LimitCheck, run: SuiteTotals) -> str:
+    """``cost $0.018423 over max_cost_usd $0.01`` (or ``within``)."""
+    current = _value(check.metric, check.current) + _estimated(run)
+    if check.metric is Metric.COST:
+        limit = f"${_exact(check.limit)}"
+    elif check.metric is Metric.TOKENS:
+        limit = f"{int(check.limit):,}"
+    else:
+        limit = f"{_exact(check.limit * 100)}%"
+    if check.metric is Metric.HIT_RATE:
+        verb = "within" if check.passed else "under"
+    else:
+        verb = "within" if check.passed else "over"
+    return f"{_NAMES[check.metric]} {current} {verb} {check.key} {limit}"
+
+
+def _meaning(threshold: Threshold) -> str:
+    """When a threshold fails, in words."""
+    amount = Fraction(threshold.amount)
+    if threshold.metric is Metric.HIT_RATE:
+        if threshold.relative:
+            return f"fails when it drops more than {_exact(amount)}% of the baseline's rate"
+        points = _exact(amount * 100)
+        return f"fails when it drops more than {points} point{'' if points == '1' else 's'}"
+    if threshold.relative:
+        return f"fails when it rises more than {_exact(amount)}% over the baseline's"
+    if threshold.metric is Metric.COST:
+        return f"fails when it rises more than ${_exact(amount)}"
+    return f"fails when it rises more than {_plural(int(amount), 'token', 'tokens')}"
+
+
+def describe_threshold(check: ThresholdCheck, verdict: SuiteVerdict) -> str:
+    """``cost $0.012282 vs baseline $0.011131 (+$0.001151, +10.3%): over the cost:5% threshold (...)``."""
+    metric, now, before = check.threshold.metric, check.current, check.baseline
+    text = f"{_NAMES[metric]} {_value(metric, now)}{_estimated(verdict.current)} vs baseline {_value(metric, before)}"
+    if now is not None and before is not None:
+        change = now - before
+        sign = "+" if change >= 0 else "-"
+        if metric is Metric.COST:
+            moved = f"{sign}${float(abs(change)):.6f}"
+        elif metric is Metric.TOKENS:
+            moved = f"{sign}{int(abs(change)):,}"
+        else:
+            moved = f"{sign}{float(abs(change)) * 100:.2f} points"
+        relative = f", {float(change / before):+.2%}" if before else ""
+        text += f" ({moved}{relative})"
+    verb = "within" if check.passed else "over"
+    return f"{text}: {verb} the {check.threshold} threshold ({_meaning(check.threshold)})"
+
+
+def suite_headline(verdict: SuiteVerdict) -> str:
+    """``suite budget: FAIL, 1 of 5 limits broken`` or ``suite budget: ok, 5 limits checked``."""
+    if verdict.failed:
+        return f"suite budget: FAIL, {verdict.broken:,} of {_plural(verdict.judged, 'limit', 'limits')} broken"
+    return f"suite budget: ok, {_plural(verdict.judged, 'limit', 'limits')} checked"
+
+
+def suite_run_line(verdict: SuiteVerdict) -> str:
+    """This run's totals (what the absolute limits judge)."""
+    run = verdict.run
+    if not run.tests:
+        return "this run made no API turn: its limits are not judged"
+    return (
+        f"this run, {_plural(run.tests, 'test', 'tests')}: cost {_money(run.value(Metric.COST))}{_estimated(run)}, "
+        f"{run.total_tokens:,} tokens, cache hit rate {float(run.hit_rate):.2%}"
+    )
+
+
+def suite_compared_line(verdict: SuiteVerdict) -> str | None:
+    """Over which tests the thresholds compared (``None`` when there are no thresholds)."""
+    if not verdict.budget.fail_on:
+        return None
+    left: list[str] = []
+    if verdict.left_out:
+        left.append(f"{_plural(verdict.left_out, 'baseline entry', 'baseline entries')} not checked")
+    if verdict.new:
+        left.append(f"{_plural(verdict.new, 'test', 'tests')} not in the baseline")
+    left_out = f" (left out: {', '.join(left)})" if left else ""
+    if verdict.uncompared is Uncompared.UPDATE:
+        return "against the baseline: not compared (--token-budget-update rewrites it from this run)"
+    if verdict.current is None:
+        return "against the baseline: no baseline yet, nothing compared (create it with --token-budget-update)"
+    if not verdict.current.tests:
+        return f"against the baseline: no test checked in this run, nothing compared{left_out}"
+    return f"against the baseline over the same {_plural(verdict.current.tests, 'test', 'tests')}{left_out}:"
+
+
+def render_suite(verdict: SuiteVerdict | None) -> list[str]:
+    """The suite budget's verdict: this run against its limits, and against the baseline."""
+    if verdict is None:
+        return []
+    lines = ["", suite_headline(verdict), f"  {suite_run_line(verdict)}"]
+    lines.extend(f"  - {'ok  ' if c.passed else 'FAIL'} {describe_limit(c, verdict.run)}" for c in verdict.limits)
+    compared = suite_compared_line(verdict)
+    if compared is not None:
+        lines.append(f"  {compared}")
+    lines.extend(f"  - {'ok  ' if c.passed else 'FAIL'} {describe_threshold(c, verdict)}" for c in verdict.thresholds)
+    return lines
