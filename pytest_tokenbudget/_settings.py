@@ -181,7 +181,8 @@ def add_pytest_options(parser: pytest.Parser) -> None:
         if option.choices is not None:
             extra["choices"] = list(option.choices)
         default = False if option.action == "store_true" else None
-        group.addoption(option.flag, action=option.action, default=default, dest=option.dest, help=option.help, **extra)
+        help_text = option.help.replace("%", "%%")  # argparse %-formats help
+        group.addoption(option.flag, action=option.action, default=default, dest=option.dest, help=help_text, **extra)
     for option in OPTIONS:
         if option.ini is not None:
             parser.addini(option.ini, option.ini_help, type=option.ini_type, default=option.ini_default)  # type: ignore[arg-type]
@@ -200,7 +201,11 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
         if option.action != "store_true":
             extra["metavar"] = option.metavar or "FILE"
         parser.add_argument(
-            option.cli, action=option.action, default=option.cli_default, help=option.cli_help or option.help, **extra
+            option.cli,
+            action=option.action,
+            default=option.cli_default,
+            help=(option.cli_help or option.help).replace("%", "%%"),  # argparse %-formats help
+            **extra,
         )
 
 
