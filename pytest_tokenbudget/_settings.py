@@ -142,7 +142,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "suite-fail",
         "fail the session when the suite's totals move past a threshold against the baseline's, over the "
-        "same tests: cost:N%% or cost:N (USD), tokens:N%% or tokens:N, hit_rate:N%% (of the baseline's rate) or "
+        "same tests: cost:N% or cost:N (USD), tokens:N% or tokens:N, hit_rate:N% (of the baseline's rate) or "
         "hit_rate:N (a drop as a fraction: 0.05 = 5 points); comma-separated or repeatable. "
         "Replaces the ini key and the config file's suite.fail_on.",
         action="append",
@@ -193,7 +193,8 @@ def add_pytest_options(parser: pytest.Parser) -> None:
         if option.choices is not None:
             extra["choices"] = list(option.choices)
         default = False if option.action == "store_true" else None
-        group.addoption(option.flag, action=option.action, default=default, dest=option.dest, help=option.help, **extra)
+        help_text = option.help.replace("%", "%%")  # argparse %-formats help
+        group.addoption(option.flag, action=option.action, default=default, dest=option.dest, help=help_text, **extra)
     for option in OPTIONS:
         if option.ini is not None:
             parser.addini(option.ini, option.ini_help, type=option.ini_type, default=option.ini_default)  # type: ignore[arg-type]
@@ -212,7 +213,11 @@ def add_cli_options(parser: argparse.ArgumentParser) -> None:
         if option.action != "store_true":
             extra["metavar"] = option.metavar or "FILE"
         parser.add_argument(
-            option.cli, action=option.action, default=option.cli_default, help=option.cli_help or option.help, **extra
+            option.cli,
+            action=option.action,
+            default=option.cli_default,
+            help=(option.cli_help or option.help).replace("%", "%%"),  # argparse %-formats help
+            **extra,
         )
 
 

@@ -456,3 +456,12 @@ def test_a_bad_suite_threshold_is_a_usage_error(pytester: pytest.Pytester) -> No
     ]
     for result in (flag, ini, config):
         assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_the_flag_and_its_ini_twin_are_in_the_help(pytester: pytest.Pytester) -> None:
+    """``--help`` shows the flag (its ``%`` escaped for argparse) and the ini key."""
+    result = pytester.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["  --token-budget-suite-fail=EXPR", "*cost:N% or cost:N (USD)*", "  token_budget_suite_fail (linelist):"]
+    )

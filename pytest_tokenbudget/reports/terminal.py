@@ -289,9 +289,12 @@ def describe_threshold(check: ThresholdCheck, verdict: SuiteVerdict) -> str:
 
 
 def suite_headline(verdict: SuiteVerdict) -> str:
-    """``suite budget: FAIL, 1 of 5 limits broken`` or ``suite budget: ok, 5 limits checked``."""
+    """``suite budget: FAIL, 1 of 5 limits broken``, ``suite budget: ok, 5 limits checked`` (limits and
+    thresholds), or ``suite budget: nothing judged``."""
     if verdict.failed:
         return f"suite budget: FAIL, {verdict.broken:,} of {_plural(verdict.judged, 'limit', 'limits')} broken"
+    if not verdict.judged:
+        return "suite budget: nothing judged"
     return f"suite budget: ok, {_plural(verdict.judged, 'limit', 'limits')} checked"
 
 
