@@ -47,7 +47,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .prefix import Block, PromptLayout
+from .prefix import Block, PromptLayout, content_kind
 
 __all__ = ["Estimate", "RecordedTokens", "tokenizer_factor"]
 
@@ -77,18 +77,6 @@ def tokenizer_factor(model: str) -> tuple[float, str]:
         if pattern.search(model):
             return factor, label
     return 1.0, "Claude 3/4 tokenizer"
-
-
-def _kind(block: Block) -> str:
-    if block.level == "tools":
-        return "tools"
-    if block.kind == "text":
-        return "text"
-    if block.kind in ("tool_use", "server_tool_use"):
-        return "tool_use"
-    if block.kind == "tool_result":
-        return "tool_result"
-    return "other"
 
 
 def _digest(block: Block) -> str:
@@ -168,18 +156,11 @@ class RecordedTokens:
             densities = self.densities.get(layout.model) or _fallback(self.densities)
             per_block = [0.0] * len(layout.blocks)
             for start, end, tokens in bounds:
-                blocks = layout.blocks[start : end + 1]
-                weights = [_predict(b, densities) for b in blocks]
-                total = sum(weights)
-                for i, weight in enumerate(weights):
-                    per_block[start + i] = tokens * (weight / total if total else 1 / len(blocks))
+                per_block[start : end + 1] = _split(layout.blocks[start : end + 1], tokens, densities)
             self._shares[key] = per_block
 
     def _share(self, model: str, blocks: Sequence[Block], tokens: int, densities: Mapping[str, float]) -> None:
-        weights = [_predict(b, densities) for b in blocks]
-        total = sum(weights)
-        for block, weight in zip(blocks, weights, strict=True):
-            share = tokens * (weight / total if total else 1 / len(blocks))
+        for block, share in zip(blocks, _split(blocks, tokens, densities), strict=True):
             key = (model, _digest(block))
             known = self._blocks.get(key)
             if known is None or len(blocks) < known[1]:
@@ -208,10 +189,13 @@ class RecordedTokens:
         new_factor, new_label = tokenizer_factor(new_model)
         scale = new_factor / old_factor
         densities = self.densities.get(old_model) or _fallback(self.densities)
+        old_digests = [_digest(b) for b in recorded.blocks]
         old_by_path = {
-            b.path: (b, recorded_shares[i] if i < len(recorded_shares) else None) for i, b in enumerate(recorded.blocks)
+            b.path: (b, recorded_shares[i] if i < len(recorded_shares) else None, old_digests[i])
+            for i, b in enumerate(recorded.blocks)
         }
-        new_digests = {_digest(b) for b in layout.blocks}
+        digests = [_digest(b) for b in layout.blocks]
+        new_digests = set(digests)
         cumulative: list[int] = []
         exact: list[bool] = []
         running = 0.0
@@ -229,7 +213,7 @@ class RecordedTokens:
                 exact.append(True)
                 kept += 1
                 continue
-            tokens, how, old = self._block_tokens(block, old_model, old_by_path, new_digests, densities)
+            tokens, how, old = self._block_tokens(block, digests[index], old_model, old_by_path, new_digests, densities)
             tokens *= scale
             if how == "kept":
                 kept += 1
@@ -237,7 +221,7 @@ class RecordedTokens:
             else:
                 changed_tokens += tokens
                 if how == "scaled" and old is not None:
-                    replaced.add(_digest(old[0]))
+                    replaced.add(old[2])
                     changes.append(f"{block.path} edited ({round(old[1] or 0):,} -> {round(tokens):,})")
                 else:
                     changes.append(f"{block.path} new (+{round(tokens):,})")
@@ -248,7 +232,7 @@ class RecordedTokens:
         gone = [
             (b.path, recorded_shares[i] if i < len(recorded_shares) else 0.0)
             for i, b in enumerate(recorded.blocks)
-            if _digest(b) not in new_digests and _digest(b) not in replaced
+            if old_digests[i] not in new_digests and old_digests[i] not in replaced
         ]
         parts = [f"{total:,} input tokens: {round(kept_tokens):,} kept as recorded ({kept} unchanged block(s))"]
         if changes:
@@ -269,33 +253,41 @@ class RecordedTokens:
     def _block_tokens(
         self,
         block: Block,
+        digest: str,
         model: str,
-        old_by_path: Mapping[str, tuple[Block, float | None]],
+        old_by_path: Mapping[str, tuple[Block, float | None, str]],
         new_digests: set[str],
         densities: Mapping[str, float],
-    ) -> tuple[float, str, tuple[Block, float | None] | None]:
+    ) -> tuple[float, str, tuple[Block, float | None, str] | None]:
         """A block's tokens and how they were found: ``kept``, ``scaled`` (from the recorded
         block it replaced, also returned) or ``inserted``."""
-        known = self._blocks.get((model, _digest(block)))
+        known = self._blocks.get((model, digest))
         if known is not None:
             return known[0], "kept", None
         counterpart = old_by_path.get(block.path)
         if counterpart is not None:
-            old, old_tokens = counterpart
+            old, old_tokens, old_digest = counterpart
             if (
                 old_tokens is not None
-                and _kind(old) == _kind(block)
-                and _digest(old) not in new_digests
+                and content_kind(old) == content_kind(block)
+                and old_digest not in new_digests
                 and _predict(old, densities) > 0
             ):
                 return old_tokens * _predict(block, densities) / _predict(old, densities), "scaled", counterpart
         return _predict(block, densities), "inserted", None
 
 
+def _split(blocks: Sequence[Block], tokens: int, densities: Mapping[str, float]) -> list[float]:
+    """A segment's exact ``tokens`` shared among its blocks by their fitted estimates."""
+    weights = [_predict(b, densities) for b in blocks]
+    total = sum(weights)
+    return [tokens * (weight / total if total else 1 / len(blocks)) for weight in weights]
+
+
 def _features(blocks: Sequence[Block]) -> dict[str, float]:
     features: dict[str, float] = {_BLOCK: float(len(blocks))}
     for block in blocks:
-        kind = _kind(block)
+        kind = content_kind(block)
         features[kind] = features.get(kind, 0.0) + len(block.canonical)
         if block.images:
             features[_IMAGE] = features.get(_IMAGE, 0.0) + block.images
@@ -304,7 +296,7 @@ def _features(blocks: Sequence[Block]) -> dict[str, float]:
 
 def _predict(block: Block, densities: Mapping[str, float]) -> float:
     return (
-        densities.get(_kind(block), _DEFAULT_DENSITY) * len(block.canonical)
+        densities.get(content_kind(block), _DEFAULT_DENSITY) * len(block.canonical)
         + densities.get(_IMAGE, _DEFAULT_IMAGE_TOKENS) * block.images
     )
 

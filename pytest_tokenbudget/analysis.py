@@ -694,16 +694,7 @@ def _analyse_turn(
                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 "output_tokens": turn.output_tokens,
             }
-            return TurnCache(
-                **{
-                    **_fields(result),
-                    "estimated_usage": usage,
-                    "estimate_method": estimate.method,
-                    "estimated_model": estimate.model,
-                    "recorded_read": 0,
-                    "recorded_write": 0,
-                }
-            )
+            return _estimated(result, estimate, usage, 0, 0)
         if recorded_read or recorded_write:
             verdict, reason = (
                 "warm_from_outside",
@@ -761,18 +752,23 @@ def _analyse_turn(
     result = _finish(
         turn, verdict, reason, infos, predicted_read, predicted_write, predicted_estimated, divergence, notes
     )
-    if estimate is not None:
-        result = TurnCache(
-            **{
-                **_fields(result),
-                "estimated_usage": estimated_usage,
-                "estimate_method": estimate.method,
-                "estimated_model": estimate.model,
-                "recorded_read": predicted_read,
-                "recorded_write": predicted_write,
-            }
-        )
+    if estimate is not None and estimated_usage is not None:
+        result = _estimated(result, estimate, estimated_usage, predicted_read, predicted_write)
     return result
+
+
+def _estimated(result: TurnCache, estimate: Estimate, usage: Mapping[str, Any], read: int, write: int) -> TurnCache:
+    """``result`` of a changed request: its estimated usage stands in for the recording."""
+    return TurnCache(
+        **{
+            **_fields(result),
+            "estimated_usage": usage,
+            "estimate_method": estimate.method,
+            "estimated_model": estimate.model,
+            "recorded_read": read,
+            "recorded_write": write,
+        }
+    )
 
 
 def _verdict(

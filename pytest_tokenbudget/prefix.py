@@ -39,6 +39,7 @@ __all__ = [
     "Difference",
     "LayoutMemo",
     "PromptLayout",
+    "content_kind",
     "first_difference",
     "format_path",
     "layout_of",
@@ -88,6 +89,16 @@ class Block:
     images: int
     chars: int
     source: Any = field(repr=False, compare=False)
+
+
+def content_kind(block: Block) -> str:
+    """What a block holds, for token densities: ``tools`` (a tool definition), ``text``,
+    ``tool_use`` (server tool calls too), ``tool_result`` or ``other``."""
+    if block.level == "tools":
+        return "tools"
+    if block.kind in ("text", "tool_use", "tool_result"):
+        return block.kind
+    return "tool_use" if block.kind == "server_tool_use" else "other"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,24 +23,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..prefix import Block, PromptLayout
+from ..prefix import Block, PromptLayout, content_kind
 
 IMAGE_TOKENS = 1000
-
-
-def block_kind(block: Block) -> str:
-    """``tools``, ``text``, ``tool_use``, ``tool_result`` or ``other``."""
-    if block.level == "tools":
-        return "tools"
-    if block.kind in ("text", "tool_use", "tool_result"):
-        return block.kind
-    return "tool_use" if block.kind == "server_tool_use" else "other"
 
 
 def block_tokens(block: Block, chars_per_token: Mapping[str, float] | None = None) -> int:
     """Synthetic input tokens of one prefix block (4 characters a token unless ``chars_per_token``
     names the block's kind)."""
-    divisor = (chars_per_token or {}).get(block_kind(block), 4)
+    divisor = (chars_per_token or {}).get(content_kind(block), 4)
     return math.ceil(len(block.canonical.decode("utf-8")) / divisor) + IMAGE_TOKENS * block.images
 
 
