@@ -19,6 +19,7 @@ from .._suite import SuiteVerdict
 from ..analysis import TurnCache, analyze
 from ..errors import TokenBudgetError
 from ..ledger import Ledger, Totals, Turn
+from ..levers import Lever
 from ..pricing import Pricer, TurnCost
 
 __all__ = [
@@ -58,6 +59,8 @@ class TestEntry:
     totals: Totals
     cost_usd: Decimal | None
     errors: tuple[str, ...] = ()
+    levers: tuple[Lever, ...] = ()
+    """What each lever would save on this test (filled in by the advisor; empty when not advised)."""
 
     @property
     def cache_hit_rate(self) -> float:
