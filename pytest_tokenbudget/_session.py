@@ -311,6 +311,7 @@ class RunSession:
             json_path=settings.json_path,
             markdown_path=settings.markdown_path,
             verbose=settings.verbose,
+            html_path=settings.html_path,
         )
 
     def coverage(self) -> Coverage | None:

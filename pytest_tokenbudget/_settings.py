@@ -162,6 +162,16 @@ OPTIONS: tuple[Option, ...] = (
         "write the report as Markdown (also appended to $GITHUB_STEP_SUMMARY when set).",
         metavar="PATH",
     ),
+    Option(
+        "html",
+        "write the report as one self-contained HTML file (charts per test and turn; loads nothing).",
+        metavar="PATH",
+        ini="token_budget_html",
+        ini_help="write the HTML report to this file (relative to the rootdir)",
+        ini_default="",
+        cli="--html",
+        cli_help="also write the report as one self-contained HTML file",
+    ),
 )
 """Every option; the order is the help's."""
 
@@ -236,6 +246,7 @@ class Settings:
         price_at: when turns are priced.
         json_path: where to write the JSON report.
         markdown_path: where to write the Markdown report.
+        html_path: where to write the HTML report.
         verbose: per-turn tables.
         update: ``--token-budget-update``: rewrite the baseline from this run.
         baseline_path: the baseline file.
@@ -258,6 +269,7 @@ class Settings:
     price_at: PriceAt = PriceAt.NOW
     json_path: Path | None = None
     markdown_path: Path | None = None
+    html_path: Path | None = None
     verbose: bool = False
     update: bool = False
     baseline_path: Path | None = None
@@ -332,6 +344,11 @@ def resolve(config: pytest.Config) -> Settings:
     )
     json_path = config.getoption("token_budget_json")
     md_path = config.getoption("token_budget_md")
+    # The flag's path is relative to the working directory (like --token-budget-json), the ini
+    # key's to the rootdir (like every other ini path).
+    html_flag = config.getoption("token_budget_html")
+    html_ini = str(config.getini("token_budget_html")).strip()
+    html_path = Path(html_flag) if html_flag else (rootdir / html_ini if html_ini else None)
     update = bool(config.getoption("token_budget_update"))
     prices = config.getoption("token_budget_prices") or config.getini("token_budget_prices") or list(budgets.prices)
     baseline = (
@@ -344,12 +361,13 @@ def resolve(config: pytest.Config) -> Settings:
         record_mode=_record_mode(config),
         cassette_dir=(rootdir / directory).resolve(),
         allow_unused=bool(config.getini("token_budget_allow_unused")),
-        report=bool(config.getoption("token_budget")) or update or bool(json_path) or bool(md_path),
+        report=bool(config.getoption("token_budget")) or update or bool(json_path) or bool(md_path) or bool(html_path),
         rootdir=rootdir,
         price_files=tuple(str(rootdir / p) for p in prices),
         price_at=PriceAt(price_at),
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(md_path) if md_path else None,
+        html_path=html_path,
         verbose=config.get_verbosity() > 0,
         update=update,
         baseline_path=rootdir / baseline,

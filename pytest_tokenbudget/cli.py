@@ -2,6 +2,7 @@
 
     tokenbudget report cassettes/                 # a table, like pytest --token-budget
     tokenbudget report a.yaml b.yaml --json       # the JSON report (schemas/report.schema.json)
+    tokenbudget report cassettes/ --html r.html   # also one self-contained HTML page with charts
 
 Exit status: 0 when every cassette was read and priced, 1 when some could not be (they are
 listed with the reason; the rest are still reported), 2 for a usage error.
@@ -15,12 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._atomic import write_atomic
 from ._settings import add_cli_options
 from .cassette import iter_cassette_files, load_cassette
 from .errors import TokenBudgetError
 from .ledger import turns_from
 from .pricing import Pricer
-from .reports import ReportError, TestEntry, build_entry, build_report, render_text, report_json
+from .reports import ReportError, TestEntry, build_entry, build_report, render_html, render_text, report_json
 
 __all__ = ["main"]
 
@@ -77,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         lines = render_text(report, verbose=args.verbose)
         print("\n".join(lines) if lines else "no Claude API turns found")
+    if args.html is not None:
+        try:
+            write_atomic(Path(args.html), render_html(report))
+        except OSError as error:
+            print(f"tokenbudget: cannot write the HTML report {args.html}: {error.strerror or error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 1 if report.errors else 0
 
 

@@ -1,4 +1,4 @@
-"""Reports: the priced model (:mod:`.model`), and its terminal, Markdown and JSON forms.
+"""Reports: the priced model (:mod:`.model`), and its terminal, Markdown, JSON and HTML forms.
 
 The JSON form follows ``schemas/report.schema.json``; :func:`validate_report` checks a document
 against it.
@@ -6,6 +6,7 @@ against it.
 
 from __future__ import annotations
 
+from .html import render_html
 from .json_report import SCHEMA_VERSION, report_json, report_schema, validate_report
 from .markdown import render_markdown
 from .model import (
@@ -40,6 +41,7 @@ __all__ = [
     "build_report",
     "price_ledger",
     "publish",
+    "render_html",
     "render_markdown",
     "render_text",
     "report_json",

@@ -1,4 +1,4 @@
-"""Publishing a report: the JSON and Markdown files, the GitHub job summary, the terminal lines."""
+"""Publishing a report: the JSON, Markdown and HTML files, the GitHub job summary, the terminal lines."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._atomic import write_atomic
+from .html import render_html
 from .json_report import report_json
 from .markdown import render_markdown
 from .model import GateLine, Report
@@ -23,6 +24,7 @@ def publish(
     json_path: Path | None = None,
     markdown_path: Path | None = None,
     verbose: bool = False,
+    html_path: Path | None = None,
 ) -> list[str]:
     """Write the report files asked for (atomically) and the job summary; return the terminal lines.
 
@@ -38,11 +40,13 @@ def publish(
     if summary and markdown is not None:
         with Path(summary).open("a", encoding="utf-8") as handle:
             handle.write(markdown)
+    if html_path is not None:
+        write_atomic(html_path, render_html(report, gate=gate))
     lines = render_text(report, verbose=verbose)
     lines.extend(render_gate(gate))
     lines.extend(render_coverage(report.coverage))
     lines.extend(render_suite(report.suite))
-    for path in (json_path, markdown_path):
+    for path in (json_path, markdown_path, html_path):
         if path is not None:
             lines.append(f"wrote {path}")
     while lines and not lines[0]:  # no report table above: start with what there is

@@ -10,7 +10,7 @@ from typing import Any
 from .._suite import LimitCheck, Metric, SuiteTotals, SuiteVerdict, Threshold, ThresholdCheck, Uncompared
 from ..analysis import Verdict
 from ..ledger import Totals
-from .model import Coverage, GateLine, Report
+from .model import Coverage, GateLine, Report, TestEntry
 
 __all__ = [
     "MAX_NAMED",
@@ -24,6 +24,7 @@ __all__ = [
     "render_suite",
     "render_text",
     "source_line",
+    "sparkline",
     "suite_compared_line",
     "suite_headline",
     "suite_run_line",
@@ -79,6 +80,30 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: i
     return lines
 
 
+_SPARKS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 80
+"""Marks in a sparkline at most; longer runs put several turns in one mark (their maximum)."""
+
+
+def sparkline(values: Sequence[int], width: int = SPARK_WIDTH) -> tuple[str, int]:
+    """One mark per value (or per ``per`` values, their maximum, when more than ``width``),
+    scaled from 0 to the largest; returns the line and how many values each mark stands for."""
+    per = max(1, -(-len(values) // width))
+    buckets = [max(values[i : i + per]) for i in range(0, len(values), per)]
+    top = max(buckets, default=0)
+    if top <= 0:
+        return _SPARKS[0] * len(buckets), per
+    last = len(_SPARKS) - 1
+    return "".join(_SPARKS[min(last, (value * last + top - 1) // top)] for value in buckets), per
+
+
+def _spark_line(entry: TestEntry) -> str:
+    values = [item.turn.total_input_tokens for item in entry.turns]
+    marks, per = sparkline(values)
+    each = f"; one mark = {per} turns, their max" if per > 1 else ""
+    return f"  input tokens per turn: {marks}  ({_int(min(values))} to {_int(max(values))}{each})"
+
+
 def source_line(source: Mapping[str, Any]) -> str:
     policy = source.get("timestamp_policy")
     when = (
@@ -122,6 +147,7 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
             lines.append(
                 f"{entry.id}" + (f"  ({entry.cassette})" if entry.cassette and entry.cassette != entry.id else "")
             )
+            lines.append(_spark_line(entry))
             turn_rows = []
             for item in entry.turns:
                 turn = item.turn
