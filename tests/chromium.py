@@ -10,11 +10,13 @@ recorded (``requests``) so a test can check that the page asked for nothing but 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -74,6 +76,7 @@ class BrowserPage:
 
     def screenshot(self, path: Path, *, width: int = 1200, max_height: int = 1600) -> tuple[int, int]:
         """A PNG of the page's top (full page up to ``max_height`` CSS pixels); returns its size."""
+        self.evaluate("window.scrollTo(0, 0)")
         height = min(max_height, int(self.evaluate("document.documentElement.scrollHeight")))
         self.browser.call(
             "Emulation.setDeviceMetricsOverride",
@@ -94,17 +97,22 @@ class Chromium:
         self.profile = tempfile.mkdtemp(prefix="tb-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        # fd 3 and fd 4 in the browser: a shell sets them up, then execs Chromium.
-        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
+        # Chromium reads fd 3 and writes fd 4. A small Python trampoline puts the pipe ends there and
+        # execs it (no preexec_fn: the emulator's threads may be running); the ends are first moved
+        # to fds of 10 and up so that placing one cannot overwrite the other.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        trampoline = "import os,sys;os.dup2(int(sys.argv[1]),3);os.dup2(int(sys.argv[2]),4);os.execv(sys.argv[3],sys.argv[3:])"
         self.process = subprocess.Popen(
-            ["/bin/sh", "-c", script, binary, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            pass_fds=(to_browser_r, from_browser_w),
+            [sys.executable, "-c", trampoline, *map(str, ends), binary, *FLAGS, f"--user-data-dir={self.profile}"],
+            pass_fds=ends,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        os.close(to_browser_r)
-        os.close(from_browser_w)
+        for fd in ends:
+            os.close(fd)
         self._buffer = b""
         self._next_id = 0
         self._events: list[dict[str, Any]] = []
@@ -134,6 +142,12 @@ class Chromium:
             self.process.stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
+    def _stderr_tail(self) -> str:
+        if self.process.stderr is None or self.process.poll() is None:
+            return ""
+        lines = self.process.stderr.read().decode("utf-8", "replace").splitlines()
+        return "\n".join(line for line in lines if "dbus" not in line)[-2000:]
+
     def _read_message(self, deadline: float) -> dict[str, Any]:
         while b"\0" not in self._buffer:
             left = deadline - time.monotonic()
@@ -144,7 +158,7 @@ class Chromium:
                 continue
             chunk = os.read(self._from_browser, 1 << 20)
             if not chunk:
-                raise RuntimeError(f"Chromium exited (status {self.process.poll()})")
+                raise RuntimeError(f"Chromium exited (status {self.process.wait(5)}): {self._stderr_tail()}")
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
         parsed: dict[str, Any] = json.loads(message)
@@ -158,7 +172,10 @@ class Chromium:
         command: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session is not None:
             command["sessionId"] = session
-        os.write(self._to_browser, json.dumps(command).encode() + b"\0")
+        try:
+            os.write(self._to_browser, json.dumps(command).encode() + b"\0")
+        except BrokenPipeError:
+            raise RuntimeError(f"Chromium exited (status {self.process.wait(5)}): {self._stderr_tail()}") from None
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             message = self._read_message(deadline)

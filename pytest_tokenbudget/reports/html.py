@@ -58,7 +58,7 @@ VERDICT_COLOURS = {
 _NO_VERDICT = "#ffffff"
 
 # Chart geometry (SVG user units; the SVG scales to the page's width).
-_W, _H = 960, 250
+_W, _H = 960, 236
 _LEFT, _RIGHT, _TOP = 64, 72, 12
 _PLOT_H = 170
 _STRIP_Y, _STRIP_H = _TOP + _PLOT_H + 6, 10
@@ -74,7 +74,7 @@ h3{font-size:15px;margin:0;font-weight:600;word-break:break-all}
 table{border-collapse:collapse;width:100%;margin:6px 0}
 th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #e5e5ea;vertical-align:top}
 th{font-weight:600;background:#f0f0f3;position:sticky;top:0}
-td.t,th.t{text-align:left}td.w{word-break:break-word;text-align:left;max-width:420px}
+td.t,th.t{text-align:left;white-space:nowrap}td.w{word-break:break-word;text-align:left;max-width:420px;white-space:normal}
 a{color:#0b63c5;text-decoration:none}a:hover{text-decoration:underline}
 section.test{background:#fff;border:1px solid #e5e5ea;border-radius:10px;padding:12px 16px;margin:16px 0}
 .kpi{display:flex;gap:22px;flex-wrap:wrap;margin:6px 0 8px}.kpi b{display:block;font-size:16px}
@@ -227,10 +227,11 @@ def _chart(entry: TestEntry, table_id: str) -> str:
             f'<polyline class="cost" fill="none" stroke="#1d1d1f" stroke-width="2" points="{points}">'
             "<title>cumulative cost</title></polyline>"
         )
+    decimals = max(2, 2 - math.floor(math.log10(cost_top)))  # $0.05 -> 4 places: $0.0125
     for k in range(5):
         value = cost_top * k / 4
         y = base - value / cost_top * _PLOT_H
-        out.append(f'<text x="{_LEFT + _PLOT_W + 6}" y="{_n(y + 4)}">${value:.4g}</text>')
+        out.append(f'<text x="{_LEFT + _PLOT_W + 6}" y="{_n(y + 4)}">{f"${value:.{decimals}f}" if k else "$0"}</text>')
     # The verdict strip: one path per verdict.
     strips: dict[str, list[str]] = {}
     for i, item in enumerate(items):
