@@ -10,6 +10,7 @@ recorded (``requests``) so a test can check that the page asked for nothing but 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -103,7 +104,9 @@ class Chromium:
         ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_r, from_browser_w)]
         os.close(to_browser_r)
         os.close(from_browser_w)
-        trampoline = "import os,sys;os.dup2(int(sys.argv[1]),3);os.dup2(int(sys.argv[2]),4);os.execv(sys.argv[3],sys.argv[3:])"
+        trampoline = (
+            "import os,sys;os.dup2(int(sys.argv[1]),3);os.dup2(int(sys.argv[2]),4);os.execv(sys.argv[3],sys.argv[3:])"
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-c", trampoline, *map(str, ends), binary, *FLAGS, f"--user-data-dir={self.profile}"],
             pass_fds=ends,
@@ -124,20 +127,16 @@ class Chromium:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.call("Browser.close", timeout=10)
-        except Exception:
-            pass
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         for fd in (self._to_browser, self._from_browser):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         if self.process.stderr is not None:
             self.process.stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
@@ -227,7 +226,9 @@ def open_page(browser: Chromium, url: str, *, width: int = 1200, height: int = 9
     for event in browser.events(session):
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in _ERROR_CONSOLE:
-            page.errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            page.errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Runtime.exceptionThrown":
             page.errors.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:500])
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":

@@ -58,7 +58,9 @@ def _hover_first_turn(page: BrowserPage, chart: int = 0) -> str:
     left, top, width, x0, bw = box
     scale = width / 960
     page.mouse_move(left + (x0 + bw / 2) * scale, top + 120 * scale)
-    text: str = page.evaluate("document.querySelector('.tip').style.display + '|' + document.querySelector('.tip').textContent")
+    text: str = page.evaluate(
+        "document.querySelector('.tip').style.display + '|' + document.querySelector('.tip').textContent"
+    )
     return text
 
 
@@ -78,15 +80,19 @@ def test_example_report_in_chromium(pytester: pytest.Pytester, browser: Chromium
     assert [c["n"] for c in charts] == [4, 1, 3]
     assert [c["series"] for c in charts] == [[True, True, True, True], [True, True, True], [True, True]]
     assert all(c["width"] > 900 for c in charts)
-    assert charts[0]["cost"] > 100 and charts[0]["verdicts"] == 2
+    assert charts[0]["cost"] > 100
+    assert charts[0]["verdicts"] == 2
     tip = _hover_first_turn(page)
     assert tip.startswith("block|turn: 0")
-    assert "model: claude-opus-5" in tip and "cost USD: $0.030946" in tip and "cache: write" in tip
+    assert "model: claude-opus-5" in tip
+    assert "cost USD: $0.030946" in tip
+    assert "cache: write" in tip
     assert page.evaluate("document.querySelector('svg.chart .mark').getAttribute('width')") != "0"
     page.mouse_move(1, 1)
     shot = tmp_path / "html-report.png"
     assert page.screenshot(shot) == (1200, 1600)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20_000
     assert page.errors == []
     target = os.environ.get("TB_HTML_SCREENSHOT")
     if target:
@@ -112,7 +118,9 @@ def test_hostile_and_long_report_in_chromium(browser: Chromium, tmp_path: Path) 
     assert f"test_x[{HOSTILE.replace('&amp;', '&amp;')}]" in headings
     charts = json.loads(page.evaluate(_CHARTS))
     assert [c["n"] for c in charts] == [400, 4]  # the 400-turn test is the dearer
-    assert charts[0]["series"] == [True, True, True, True] and charts[0]["verdicts"] == 3
+    assert charts[0]["series"] == [True, True, True, True]
+    assert charts[0]["verdicts"] == 3
     tip = _hover_first_turn(page)
-    assert tip.startswith("block|turn: 0") and "cache: write" in tip
+    assert tip.startswith("block|turn: 0")
+    assert "cache: write" in tip
     assert loaded < 30, loaded

@@ -77,11 +77,10 @@ def test_pytest_writes_the_html_report_with_the_runs_numbers(
     ]
     assert order == [t["id"] for t in document["tests"]]
     # The suite table: cost, turns, all input, output, hit rate per test; the totals.
-    assert (
-        '<a href="#t1">test_agent.py::test_refund</a></td><td>$0.006969</td>' in suite
-        and "<td>3</td><td>4,461</td><td>21</td><td>64.9%</td>" in suite
-    )
-    assert "<b>$0.037944</b>" in suite and "<b>14</b></td><td><b>20,731</b></td><td><b>33</b>" in suite
+    assert '<a href="#t1">test_agent.py::test_refund</a></td><td>$0.006969</td>' in suite
+    assert "<td>3</td><td>4,461</td><td>21</td><td>64.9%</td>" in suite
+    assert "<b>$0.037944</b>" in suite
+    assert "<b>14</b></td><td><b>20,731</b></td><td><b>33</b>" in suite
     # One section per test with its totals and a chart with one bar slot per turn.
     refund = _section(page, "test_agent.py::test_refund")
     assert [int(n) for n in re.findall(r'data-n="(\d+)"', refund)] == [3]
@@ -119,7 +118,8 @@ def test_pytest_writes_the_html_report_with_the_runs_numbers(
         ["40", "0", "1,447"],
         ["67", "0", "1,447"],
     ]
-    assert "write" in rows[0][1] and "hit" in rows[1][1]
+    assert "write" in rows[0][1]
+    assert "hit" in rows[1][1]
     assert "<td>$0.006969</td>" in rows[2][1]  # the cumulative cost ends at the test's cost
 
 
@@ -165,7 +165,8 @@ def test_cli_report_html(pytester: pytest.Pytester, capsys: pytest.CaptureFixtur
         patch.chdir(pytester.path)
         assert cli_main(["report", "cassettes", "--json", "--html", "again.html"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.lstrip().startswith("{") and captured.err.strip() == "wrote again.html"
+    assert captured.out.lstrip().startswith("{")
+    assert captured.err.strip() == "wrote again.html"
     assert (pytester.path / "again.html").read_text(encoding="utf-8") == page
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(pytester.path)
@@ -223,7 +224,8 @@ def test_levers_render_per_test_and_as_suite_totals() -> None:
 def test_no_lever_table_without_levers() -> None:
     """If no test has levers, then the page has no lever table at all."""
     page = render_html(build_report([_example_entry()], Pricer().source.as_dict()))
-    assert "Levers" not in page and "What each lever would save" not in page
+    assert "Levers" not in page
+    assert "What each lever would save" not in page
 
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>&amp;"\''
@@ -247,18 +249,23 @@ def test_untrusted_text_is_escaped() -> None:
     page = render_html(hostile_report())
     escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;&amp;amp;&quot;&#x27;"
     assert page.count(escaped) >= 8
-    assert "<img" not in page and "alert(1)>" not in page
+    assert "<img" not in page
+    assert "alert(1)>" not in page
     assert page.count("<script>") == 1  # the page's own
     assert page.count("</style>") == 1
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)
-    assert csp is not None and csp.group(1).startswith("default-src 'none'; style-src 'sha256-")
+    assert csp is not None
+    assert csp.group(1).startswith("default-src 'none'; style-src 'sha256-")
 
 
 def test_page_loads_nothing() -> None:
     """If the page is written, then it references no external resource: no URL, no src, no link."""
     page = render_html(build_report([_example_entry()], Pricer().source.as_dict()))
     assert re.findall(r"(?:https?:)?//[\w.-]+\.\w", page) == []
-    assert " src=" not in page and "<link" not in page and "@import" not in page and "url(" not in page
+    assert " src=" not in page
+    assert "<link" not in page
+    assert "@import" not in page
+    assert "url(" not in page
 
 
 def _long_entry(turns: int) -> TestEntry:
