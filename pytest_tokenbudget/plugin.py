@@ -107,11 +107,11 @@ def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
 
 
 def _budget_of(item: pytest.Item) -> Budget:
-    # Precedence: the marker, then the config file's patterns (in order), then its defaults.
-    config = item.config.stash[_SESSION].settings.config
+    # Precedence: --token-budget-threshold, the marker, the config file's patterns (in order), its defaults.
+    settings = item.config.stash[_SESSION].settings
     options = {k: v for k, v in _marker_kwargs(item).items() if k in BUDGET_KEYS}
     marker = Budget.from_mapping(options, where=f"{item.nodeid}: @pytest.mark.token_budget")
-    return marker.over(config.budget_for(item.nodeid))
+    return settings.overrides.over(marker.over(settings.config.budget_for(item.nodeid)))
 
 
 def _uses_pytest_recording(item: pytest.Item) -> bool:
