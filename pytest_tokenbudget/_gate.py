@@ -27,7 +27,16 @@ from .pricing import Pricer
 from .record import accept_command
 from .reports import GateKind, GateLine, validate_report
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "FileVerdict", "Judged", "judge_files", "verdict_lines"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "FileVerdict",
+    "Judged",
+    "judge_files",
+    "read_report",
+    "verdict_lines",
+]
 
 # pytest's exit codes, which the gate shares: OK, TESTS_FAILED, USAGE_ERROR.
 EXIT_OK = 0
@@ -92,7 +101,12 @@ class FileVerdict:
         return EXIT_FAILED if self.failed else EXIT_OK
 
 
-def _read_report(path: Path) -> dict[str, Any]:
+def read_report(path: Path) -> dict[str, Any]:
+    """The JSON report, validated against its schema.
+
+    Raises:
+        ConfigError: it does not exist, is not JSON, or breaks the schema.
+    """
     import jsonschema
 
     fix = "pass the file pytest --token-budget --token-budget-json PATH wrote"
@@ -141,7 +155,7 @@ def judge_files(
         ConfigError: the baseline, the report or the config file cannot be read.
     """
     baseline = load_baseline(baseline_path)
-    document = _read_report(report_path)
+    document = read_report(report_path)
     config = load_config(baseline_path.resolve().parent, config_file)
     judged: list[Judged] = []
     for test in document["tests"]:
