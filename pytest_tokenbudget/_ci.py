@@ -48,8 +48,9 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_gate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_gate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Judge the report against the baseline; print the gate's lines; pytest's exit codes."""
+    out = out or sys.stdout
     try:
         overrides = parse_overrides(args.threshold, where="tokenbudget gate --threshold")
         pricer = Pricer(override_files=args.prices, timestamp_policy=args.price_at)
@@ -57,9 +58,12 @@ def run_gate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_USAGE
-    lines = render_gate(verdict.lines)[1:] or ["gate: no test with API turns in the report"]
-    failed = sum(1 for test in {line.test for line in verdict.lines if line.kind.value == "fail"})
-    lines.append("")
+    lines = render_gate(verdict.lines)[1:]  # the lines pytest prints under "gate:"
+    if not verdict.checked:
+        lines.append("gate: no test with API turns in the report")
+    failed = len({line.test for line in verdict.lines if line.kind.value == "fail"})
+    if lines:
+        lines.append("")
     lines.append(
         f"tokenbudget gate: {verdict.checked} test(s) judged, "
         + (f"{failed} fail" if verdict.failed else "all pass")
@@ -93,13 +97,14 @@ def _write_outputs(env: Mapping[str, str], values: Mapping[str, str]) -> None:
             handle.write(f"{name}={value}\n")
 
 
-def run_comment(args: argparse.Namespace, out: TextIO = sys.stdout, env: Mapping[str, str] | None = None) -> int:
+def run_comment(args: argparse.Namespace, out: TextIO | None = None, env: Mapping[str, str] | None = None) -> int:
     """Summarize the report against the base baseline, write the step's outputs, post the comment.
 
     Returns 0 whenever the report could be read: a comment that cannot be posted is a note, never
     a failure (the gate's step decides the job); 4 when the report cannot be read.
     """
     env = os.environ if env is None else env
+    out = out or sys.stdout
     try:
         document = read_report(args.report)
     except TokenBudgetError as error:
