@@ -139,22 +139,42 @@ def _needles(text: str, offset: int) -> Iterator[str]:
             yield piece
 
 
-def _candidates(first: Path, root: Path, skip: Path | None) -> Iterator[Path]:
-    yield first
-    count = 0
+def _tracked(root: Path) -> list[Path] | None:
+    """The files git tracks under ``root`` (``None`` outside a git work tree)."""
+    try:
+        done = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return [root / name for name in sorted(done.stdout.decode("utf-8", "replace").split("\0")) if name]
+
+
+def _walked(root: Path, skip: Path | None) -> Iterator[Path]:
     for directory, names, files in os.walk(root):
         names[:] = sorted(
             n
             for n in names
             if n not in _SKIP_DIRS and not n.startswith(".") and (skip is None or Path(directory, n) != skip)
         )
-        for name in sorted(files):
-            path = Path(directory, name)
-            if path.suffix in _PROMPT_SUFFIXES and path != first:
-                count += 1
-                if count > _MAX_FILES:
-                    return
-                yield path
+        yield from (Path(directory, name) for name in sorted(files))
+
+
+def _candidates(first: Path, root: Path, skip: Path | None) -> Iterator[Path]:
+    """The test module, then the prompt files under ``root``: those git tracks when it is a work
+    tree (not the reports this run writes), our own report files and the cassettes left out."""
+    yield first
+    tracked = _tracked(root)
+    count = 0
+    for path in tracked if tracked is not None else _walked(root, skip):
+        if path == first or path.suffix not in _PROMPT_SUFFIXES or path.name.startswith("tokenbudget-"):
+            continue
+        if skip is not None and path.is_relative_to(skip):
+            continue
+        count += 1
+        if count > _MAX_FILES:
+            return
+        yield path
 
 
 def find_text(text: str, offset: int, files: Iterable[Path]) -> tuple[Path, int] | None:

@@ -124,8 +124,8 @@ def run_comment(args: argparse.Namespace, out: TextIO | None = None, env: Mappin
         env,
         {
             "report": str(args.report),
-            "total-cost": "" if summary.cost is None else f"{summary.cost:f}",
-            "cost-change": "" if change is None else f"{change:+f}",
+            "total-cost": "" if summary.cost is None else f"{summary.cost:.6f}",
+            "cost-change": "" if change is None else f"{change:+.6f}",
             "verdict": summary.verdict,
         },
     )

@@ -272,6 +272,10 @@ class _Annotations:
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         for line in commands(annotations):
             if terminal is not None:
+                # A workflow command must start its line: under xdist the progress letters
+                # ("F") are still on it, and write_line does not know.
+                if terminal._tw.width_of_current_line:
+                    terminal.write("\n")
                 terminal.write_line(line)
             else:  # pragma: no cover - -p no:terminal
                 print(line, flush=True)
