@@ -40,7 +40,7 @@ PROMPT = "You are the refund agent of the shop.\nCheck the order before refundin
 
 EDITED = "Check the order, the receipt and the customer's last three orders before any refund."
 
-AGENT = '''
+AGENT = """
 from pathlib import Path
 
 import anthropic
@@ -72,7 +72,7 @@ def test_greeting(anthropic_emulator):
     anthropic.Anthropic().messages.create(
         model="claude-haiku-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
     )
-'''
+"""
 
 
 # ---------------------------------------------------------------------------------- the REST API
@@ -224,9 +224,7 @@ def _run_action(workspace: Path, inputs: dict[str, str], env: dict[str, str], ev
         done.append((step["name"], done_step.returncode))
         failed = failed or done_step.returncode != 0
         if "id" in step:
-            steps_out[step["id"]] = dict(
-                line.split("=", 1) for line in output.read_text().splitlines() if "=" in line
-            )
+            steps_out[step["id"]] = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
     outputs = {name: substitute(str(spec["value"])) for name, spec in action["outputs"].items()}
     return _Run("".join(log), outputs, done, failed)
 
@@ -294,7 +292,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory, github: _GitHub) -> _Re
     _git(workspace, "init", "-q")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ANTHROPIC_", "GITHUB_"))}
     record = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--token-budget-record=once", "--token-budget-update"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--token-budget-record=once",
+            "--token-budget-update",
+        ],
         cwd=project,
         env=env,
         capture_output=True,
@@ -305,9 +311,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory, github: _GitHub) -> _Re
     _git(workspace, "add", "-A")
     _git(workspace, "commit", "-qm", "base")
     base_sha = _git(workspace, "rev-parse", "HEAD")
-    (project / "prompts" / "refund.txt").write_text(
-        PROMPT.replace("Check the order before refunding.", EDITED)
-    )
+    (project / "prompts" / "refund.txt").write_text(PROMPT.replace("Check the order before refunding.", EDITED))
     _git(workspace, "commit", "-qam", "the pull request")
     event = {
         "number": 7,
@@ -340,7 +344,7 @@ def test_annotations_come_once_per_failing_test_from_the_repository_root(reposit
     ]
     for run in repository.runs:
         assert _annotations(run.log) == expected, run.log
-        assert "the request now departs from its recording at system[0].text, offset 61" in run.log
+        assert "the request now departs from its recording at system[0].text, offset 53" in run.log
 
 
 def test_the_job_fails_after_the_comment_and_the_outputs_are_set(repository: _Repository) -> None:
@@ -362,8 +366,7 @@ def test_the_job_fails_after_the_comment_and_the_outputs_are_set(repository: _Re
             "verdict": "fail",
         }
     first, second = repository.runs
-    print(first.outputs)
-    assert (first.outputs["total-cost"], first.outputs["cost-change"]) == ("0.005935", "+0.000000")
+    assert (first.outputs["total-cost"], first.outputs["cost-change"]) == ("0.005991", "+0.000057")
     assert second.outputs == first.outputs
     summary = (repository.tmp / "summary.md").read_text()
     assert summary.count("## Token budget\n") == 2  # one per run, appended
@@ -381,10 +384,13 @@ def test_the_comment_is_created_once_then_updated(repository: _Repository, githu
     assert list(github.comments) == [1]
     body = github.comments[1]
     assert body.startswith(MARKER + "\n## Token budget: :x: fail\n")
-    print(body)
-    assert "| cost | $0.006969 | $0.007056 | +$0.000087 (+1.2%) |" in body
+    assert "| cost | $0.005935 | $0.005991 | +$0.000057 (+1.0%) |\n| tokens | 3,766 | 3,805 | +39 (+1.0%) |" in body
+    assert (
+        "| `tests/test_refund.py::test_refund` | $0.005917 | $0.005973 | +$0.000057 (+1.0%) | 3,795 (+39) "
+        "| 64.5% (was 64.5%) |"
+    ) in body
     assert "- :x: `tests/test_refund.py::test_refund`" in body
-    assert "  - turn 0: system[0].text, offset 61: " in body
+    assert "  - turn 0: system[0].text, offset 53: " in body
     assert body == (repository.workspace / "proj" / "tokenbudget-comment.md").read_text()
     assert "tokenbudget: pull request comment updated: https://github.test/o/r/pull/7#c1" in repository.runs[1].log
 
