@@ -433,36 +433,15 @@ class RunSession:
 
     def gate_lines(self) -> list[GateLine]:
         """The gate's verdict on the run, test by test."""
-        from .reports import GateKind, GateLine
+        from ._gate import Judged, verdict_lines
 
         if self.settings.update:
             return list(self._update_lines)
-        lines: list[GateLine] = []
-        if self.baseline is None:
-            if any(r.ledger.turns for r in self.results.values()):
-                where = self.settings.display_path(self.settings.baseline_path or Path())
-                lines.append(GateLine(GateKind.INFO, f"no baseline at {where}: create it with --token-budget-update"))
-            return lines
-        for test, result in sorted(self.results.items()):
-            if not result.ledger.turns:
-                continue
-            if test not in self.baseline:
-                lines.append(
-                    GateLine(GateKind.NOT_IN_BASELINE, "not in the baseline (add it with --token-budget-update)", test)
-                )
-            lines.extend(GateLine(GateKind.FAIL, failure, test) for failure in result.gate.failures)
-            lines.extend(GateLine(GateKind.NOTE, note, test) for note in result.gate_notes)
-        held = sorted(test for test, entry in self.baseline.items() if entry.estimated)
-        if held:
-            lines.append(
-                GateLine(
-                    GateKind.INFO,
-                    f"the baseline holds estimates, not measurements, for {len(held)} test(s): {', '.join(held[:5])}"
-                    + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-                    + f"; measure them with a key: {accept_command(held, measure=True)}",
-                )
-            )
-        return lines
+        judged = [
+            Judged(test, result.gate, result.gate_notes) for test, result in self.results.items() if result.ledger.turns
+        ]
+        where = self.settings.display_path(self.settings.baseline_path or Path())
+        return verdict_lines(self.baseline, judged, where)
 
     def properties(self, nodeid: str) -> list[tuple[str, Any]]:
         """JUnit XML properties of a test's numbers (none when it made no API turn)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._modes import BASELINE_NAME, PriceAt, RecordMode
 from ._suite import GRAMMAR, SuiteBudget, Threshold, ThresholdError, parse_thresholds
+from .budgets import Budget, parse_overrides
 from .config import Config, load_config
 
 if TYPE_CHECKING:
@@ -153,6 +154,13 @@ OPTIONS: tuple[Option, ...] = (
         ini_default=[],
     ),
     Option(
+        "threshold",
+        "a budget key for every test, over its marker and the config file: KEY=VALUE, e.g. "
+        "max_cost_increase=0.2, max_hit_rate_drop=0.1, fail_on_prefix_change=false; comma-separated or repeatable.",
+        action="append",
+        metavar="KEY=VALUE",
+    ),
+    Option(
         "json",
         "write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
         metavar="PATH",
@@ -279,6 +287,8 @@ class Settings:
     accept_estimates: bool = False
     partial_files: frozenset[str] = frozenset()
     suite: SuiteBudget = field(default_factory=SuiteBudget)
+    overrides: Budget = field(default_factory=Budget)
+    """``--token-budget-threshold``: budget keys over every test's marker and config file."""
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -377,6 +387,7 @@ def resolve(config: pytest.Config) -> Settings:
         accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
         partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
         suite=budgets.suite if thresholds is None else replace(budgets.suite, fail_on=thresholds),
+        overrides=parse_overrides(config.getoption("token_budget_threshold") or [], where="--token-budget-threshold"),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from ._validate import schema_problems
 from .errors import ConfigError
 
-__all__ = ["BUDGET_KEYS", "Budget", "check_budget", "where_tokens_went"]
+__all__ = ["BUDGET_KEYS", "Budget", "check_budget", "parse_overrides", "where_tokens_went"]
 
 BUDGET_KEYS = (
     "max_cost_usd",
@@ -187,3 +187,31 @@ def where_tokens_went(rows: Sequence[Sequence[str]]) -> list[str]:
         if number == 0:
             lines.append("  ".join("-" * w for w in widths))
     return lines
+
+
+def parse_overrides(expressions: Sequence[str], *, where: str) -> Budget:
+    """``KEY=VALUE`` pairs (comma-separated, or one per expression) as a budget: the command
+    line's thresholds (``--token-budget-threshold max_cost_increase=0.2``, ``tokenbudget gate
+    --threshold ...``). Values are JSON (``0.2``, ``true``, ``1000``).
+
+    Raises:
+        ConfigError: a pair without ``=``, or a key or value the budget schema rejects.
+    """
+    import json
+
+    values: dict[str, Any] = {}
+    for expression in expressions:
+        for pair in filter(None, (p.strip() for p in expression.split(","))):
+            key, equals, raw = pair.partition("=")
+            if not equals:
+                raise ConfigError(
+                    "invalid token budget",
+                    file=where,
+                    why=f"{pair!r} is not KEY=VALUE",
+                    fix=f"write e.g. max_cost_increase=0.2; the keys: {', '.join(BUDGET_KEYS)}",
+                )
+            try:
+                values[key.strip()] = json.loads(raw)
+            except ValueError:
+                values[key.strip()] = raw.strip()
+    return Budget.from_mapping(values, where=where)

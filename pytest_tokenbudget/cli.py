@@ -3,6 +3,8 @@
     tokenbudget report cassettes/                 # a table, like pytest --token-budget
     tokenbudget report a.yaml b.yaml --json       # the JSON report (schemas/report.schema.json)
     tokenbudget report cassettes/ --html r.html   # also one self-contained HTML page with charts
+    tokenbudget gate BASELINE REPORT              # the gate of pytest --token-budget, on two files
+    tokenbudget comment REPORT                    # the pull request comment (GitHub Actions)
 
 Exit status: 0 when every cassette was read and priced, 1 when some could not be (they are
 listed with the reason; the rest are still reported), 2 for a usage error.
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import _ci
 from ._atomic import write_atomic
 from ._settings import add_cli_options
 from .cassette import iter_cassette_files, load_cassette
@@ -42,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     add_cli_options(report)
     report.add_argument("-v", "--verbose", action="store_true", help="add each cassette's per-turn table")
+    gate = commands.add_parser("gate", help="judge a JSON report against a baseline, as pytest --token-budget does")
+    _ci.add_gate_arguments(gate)
+    add_cli_options(gate)
+    comment = commands.add_parser("comment", help="post or update the pull request comment of a JSON report")
+    _ci.add_comment_arguments(comment)
     return parser
 
 
@@ -66,6 +74,10 @@ def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "gate":
+        return _ci.run_gate(args)
+    if args.command == "comment":
+        return _ci.run_comment(args)
     try:
         pricer = Pricer(override_files=args.prices, timestamp_policy=args.price_at)
     except TokenBudgetError as error:

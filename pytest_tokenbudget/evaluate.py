@@ -6,7 +6,7 @@ results; it writes nothing and knows nothing of pytest.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from .pricing import Pricer
 from .record import Departure, Recorder, accept_command, count_tokens_live
 from .reports import TestEntry, build_entry
 
-__all__ = ["Evaluation", "TestResult", "baseline_entry", "evaluate"]
+__all__ = ["Evaluation", "TestResult", "baseline_entry", "evaluate", "gate_notes", "rebuild_cost"]
 
 
 @dataclass
@@ -56,11 +56,16 @@ class TestResult:
     @property
     def gate_notes(self) -> list[str]:
         """The gate's notes, led by the changed request when no prefix change names it."""
-        notes = list(self.gate.notes)
-        if self.first_change is not None and not self.gate.prefix_change:
-            turn, difference = self.first_change
-            notes.insert(0, f"turn {turn} changed since recording: {difference.describe()}")
-        return notes
+        return gate_notes(self.gate, self.first_change)
+
+
+def gate_notes(gate: GateResult, first_change: tuple[int, Difference] | None) -> list[str]:
+    """The gate's notes, led by the changed request (``first_change``) when no prefix change names it."""
+    notes = list(gate.notes)
+    if first_change is not None and not gate.prefix_change:
+        turn, difference = first_change
+        notes.insert(0, f"turn {turn} changed since recording: {difference.describe()}")
+    return notes
 
 
 @dataclass
@@ -152,8 +157,10 @@ def evaluate(
             against,
             limits,
             first_change=first_change,
-            rebuild_cost=lambda model, tokens: _rebuild_cost(pricer, model, tokens),
+            rebuild_cost=lambda model, tokens: rebuild_cost(pricer, model, tokens),
         )
+    # What the report carries for ``tokenbudget gate`` (which judges two files the same way).
+    result.entry = replace(entry, baseline=result.baseline, first_change=result.first_change, budget=limits)
     if not breaches and not result.gate.failures:
         return Evaluation(result)
     return Evaluation(result, _failure(nodeid, breaches, result.gate, entry, recorder))
@@ -205,7 +212,7 @@ def _unpriced(entry: TestEntry, pricer: Pricer, nodeid: str) -> TokenBudgetError
     return TokenBudgetError(f"turn {item.turn.index} cannot be priced", test=nodeid)  # pragma: no cover
 
 
-def _rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:
+def rebuild_cost(pricer: Pricer, model: str, tokens: int) -> Decimal | None:
     """What writing ``tokens`` (5m) costs more than reading them, for ``model``."""
     try:
         write = pricer.price_usage(

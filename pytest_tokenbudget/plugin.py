@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(problem)) from None
     except TokenBudgetError as error:
         raise pytest.UsageError(error.render()) from None
+    if os.environ.get("GITHUB_ACTIONS") == "true" and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Annotations(config), "tokenbudget-annotations")
     if session.judged:  # only then: a run without a baseline pays nothing per test for it
         config.pluginmanager.register(_BaselineWatch(session), "tokenbudget-baseline-watch")
 
@@ -105,11 +107,11 @@ def _marker_kwargs(item: pytest.Item) -> dict[str, Any]:
 
 
 def _budget_of(item: pytest.Item) -> Budget:
-    # Precedence: the marker, then the config file's patterns (in order), then its defaults.
-    config = item.config.stash[_SESSION].settings.config
+    # Precedence: --token-budget-threshold, the marker, the config file's patterns (in order), its defaults.
+    settings = item.config.stash[_SESSION].settings
     options = {k: v for k, v in _marker_kwargs(item).items() if k in BUDGET_KEYS}
     marker = Budget.from_mapping(options, where=f"{item.nodeid}: @pytest.mark.token_budget")
-    return marker.over(config.budget_for(item.nodeid))
+    return settings.overrides.over(marker.over(settings.config.budget_for(item.nodeid)))
 
 
 def _uses_pytest_recording(item: pytest.Item) -> bool:
@@ -224,22 +226,59 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Show our failures as their message, without a traceback (and as a GitHub annotation in CI)."""
+    """Show our failures as their message, without a traceback (and, in CI, the GitHub annotations
+    to print, carried on the report so that the xdist controller prints them)."""
     report = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, ReplayInterrupt):
         message = call.excinfo.value.error.render()
         report.longrepr = message
         report.outcome = "failed"
         if os.environ.get("GITHUB_ACTIONS") == "true":
-            _annotate(item, message)
+            report.tokenbudget_annotations = _annotations(item, message)
     return report
 
 
-def _annotate(item: pytest.Item, message: str) -> None:
-    """A GitHub Actions error annotation on the test's line (shown in the pull request diff)."""
-    path, line, _name = item.location
-    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    print(f"\n::error file={path},line={(line or 0) + 1},title=token budget: {item.name}::{escaped}", flush=True)
+def _annotations(item: pytest.Item, message: str) -> list[dict[str, Any]]:
+    from ._annotate import annotations_for, first_change
+
+    session = item.config.stash[_SESSION]
+    run = item.stash.get(_RUN, None)
+    found = annotations_for(
+        test_name=item.name,
+        test_file=Path(item.path),
+        test_line=(item.location[1] or 0) + 1,
+        message=message,
+        rootdir=session.settings.rootdir,
+        change=first_change(run.recorder) if run is not None else None,
+        skip_dir=session.settings.cassette_dir,
+    )
+    return [annotation.as_dict() for annotation in found]
+
+
+class _Annotations:
+    """Under GitHub Actions, in the process that writes the log (the controller under xdist):
+    print each failing test's annotations once."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        annotations = getattr(report, "tokenbudget_annotations", None)
+        if not annotations:
+            return
+        from ._annotate import commands
+
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        for line in commands(annotations):
+            if terminal is not None:
+                # A workflow command must start its line: under xdist the progress letters
+                # ("F") are still on it, and write_line does not know.
+                if terminal._tw.width_of_current_line:
+                    terminal.write("\n")
+                terminal.write_line(line)
+            else:  # pragma: no cover - -p no:terminal
+                print(line, flush=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -211,6 +211,13 @@ def test_a_25_percent_cost_increase_fails_at_the_10_percent_threshold(recorded: 
         'tests:\n  "test_refund.py::*":\n    max_cost_increase: 0.5\n    max_hit_rate_drop: 0.2\n'
     )
     _run(recorded, "--token-budget").assert_outcomes(passed=1)
+    # --token-budget-threshold wins over the config file (issue 15): the action's thresholds input.
+    strict = _run(recorded, "--token-budget", "--token-budget-threshold", "max_cost_increase=0.1")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*over the +10% threshold*"])
+    bad = _run(recorded, "--token-budget", "--token-budget-threshold", "max_cost=1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*tokenbudget: invalid token budget", "*file: --token-budget-threshold"])
 
 
 def test_a_corrupted_baseline_is_a_usage_error(recorded: pytest.Pytester) -> None:

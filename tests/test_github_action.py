@@ -57,7 +57,7 @@ def test_failures_become_annotations_and_the_job_summary_shows_the_gate(
     result.stdout.fnmatch_lines(
         [
             # Line 6 is the marker's line: the annotation points at the budget that failed.
-            "::error file=test_ci.py,line=6,title=token budget: test_over::tokenbudget: over its token budget%0A*"
+            "::error file=test_ci.py,line=6,title=token budget%3A test_over::tokenbudget: over its token budget%0A*"
             "- 1 turns, budget 0%0A*",
         ]
     )

@@ -6,7 +6,8 @@ Its fields are only ever added to, never renamed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -16,15 +17,15 @@ from typing import Any
 
 from .._suite import Metric, SuiteTotals, SuiteVerdict
 from ..ledger import Totals
-from .model import Coverage, Report, TestEntry, TurnEntry
+from .model import Coverage, GateLine, Report, TestEntry, TurnEntry
 
 __all__ = ["SCHEMA_VERSION", "report_json", "report_schema", "validate_report"]
 
 SCHEMA_VERSION = 1
 
 
-def report_json(report: Report) -> dict[str, Any]:
-    """The JSON document (see ``schemas/report.schema.json``)."""
+def report_json(report: Report, gate: Sequence[GateLine] | None = None) -> dict[str, Any]:
+    """The JSON document (see ``schemas/report.schema.json``), with the gate's lines when given."""
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -40,6 +41,8 @@ def report_json(report: Report) -> dict[str, Any]:
         out["baseline_coverage"] = _coverage_json(report.coverage)
     if report.suite is not None:
         out["suite"] = _suite_json(report.suite)
+    if gate is not None:
+        out["gate"] = [{"kind": line.kind.value, "test": line.test, "text": line.text} for line in gate]
     return out
 
 
@@ -175,6 +178,24 @@ def _test_json(entry: TestEntry) -> dict[str, Any]:
     }
     if entry.errors:
         out["errors"] = list(entry.errors)
+    if entry.baseline is not None:
+        out["baseline"] = entry.baseline.as_json()
+    if entry.first_change is not None:
+        turn, difference = entry.first_change
+        out["first_change"] = {
+            "turn": turn,
+            "path": difference.path,
+            "offset": difference.offset,
+            "before": difference.before,
+            "after": difference.after,
+            "kind": difference.kind,
+        }
+    if entry.budget is not None and not entry.budget.is_empty():
+        out["budget"] = {
+            f.name: float(value) if isinstance(value, Decimal) else value
+            for f in fields(entry.budget)
+            if (value := getattr(entry.budget, f.name)) is not None
+        }
     return out
 
 

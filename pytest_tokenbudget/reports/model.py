@@ -17,9 +17,12 @@ from typing import Any
 
 from .._suite import SuiteVerdict
 from ..analysis import TurnCache, analyze
+from ..baseline import BaselineEntry
+from ..budgets import Budget
 from ..errors import TokenBudgetError
 from ..ledger import Ledger, Totals, Turn
 from ..levers import Lever
+from ..prefix import Difference
 from ..pricing import Pricer, TurnCost
 
 __all__ = [
@@ -61,6 +64,13 @@ class TestEntry:
     errors: tuple[str, ...] = ()
     levers: tuple[Lever, ...] = ()
     """What each lever would save on this test (filled in by the advisor; empty when not advised)."""
+    baseline: BaselineEntry | None = None
+    """The baseline's view of this run (what ``--token-budget-update`` would write; ``tokenbudget gate``
+    compares it); ``None`` outside pytest or without request bodies."""
+    first_change: tuple[int, Difference] | None = None
+    """(turn, difference) of the first request that departs from its recording."""
+    budget: Budget | None = None
+    """The test's budget and gate thresholds as the run resolved them (marker, config file)."""
 
     @property
     def cache_hit_rate(self) -> float:

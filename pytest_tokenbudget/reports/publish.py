@@ -32,7 +32,7 @@ def publish(
     summary by appending to that file.
     """
     if json_path is not None:
-        write_atomic(json_path, json.dumps(report_json(report), indent=2) + "\n")
+        write_atomic(json_path, json.dumps(report_json(report, gate), indent=2) + "\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     markdown = render_markdown(report, gate=gate) if markdown_path is not None or summary else None
     if markdown_path is not None and markdown is not None:
