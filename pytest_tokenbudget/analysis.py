@@ -2,7 +2,10 @@
 
 For every turn of a ledger, in order:
 
-1. its prompt is flattened into the cache prefix (:func:`pytest_tokenbudget.prefix.layout_of`);
+1. its prompt is flattened into the cache prefix the API sees
+   (:func:`pytest_tokenbudget.cache_model.cache_layout`: earlier thinking blocks stripped where
+   the model strips them, tool results cleared where the response says context editing cleared
+   them);
 2. the prefix is compared with the prefix of the previous turn of the same model (the cache is
    per model); where it does not extend it, the first difference is named: level, JSON path,
    character offset, before/after excerpts, and a guessed cause;
@@ -31,9 +34,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._estimate import Estimate, RecordedTokens
-from .cache_model import LOOKBACK_BLOCKS, CacheEntry, CacheStore, minimum_cacheable, simulate
+from .cache_model import (
+    CLEARED_PLACEHOLDER,
+    LOOKBACK_BLOCKS,
+    CacheEntry,
+    CacheStore,
+    cache_layout,
+    cleared_tool_uses,
+    minimum_cacheable,
+    simulate,
+)
 from .ledger import Ledger, Turn
-from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference, layout_of
+from .prefix import TTL_SECONDS, Breakpoint, Difference, LayoutMemo, PromptLayout, first_difference
 
 __all__ = [
     "VERDICTS",
@@ -299,6 +311,11 @@ def _settings_difference(key: str, old: Mapping[str, Any], new: Mapping[str, Any
     return Difference(key, None, repr(old.get(key)), repr(new.get(key)), "changed")
 
 
+def _cleared(layout: PromptLayout, block: int) -> bool:
+    source = layout.blocks[block].source if block < len(layout.blocks) else None
+    return isinstance(source, Mapping) and source.get("content") == CLEARED_PLACEHOLDER
+
+
 def _guess_cause(
     level: str, difference: Difference | None, previous: PromptLayout, current: PromptLayout, block: int
 ) -> str | None:
@@ -315,6 +332,8 @@ def _guess_cause(
             return "the tool list was reordered (built from a set or a dict?)"
         if "input_schema" in difference.path:
             return "a tool schema changed"
+    if _cleared(current, block) and not _cleared(previous, block):
+        return "context editing cleared this tool result (the response's context_management.applied_edits)"
     text = difference.before + " " + difference.after
     if _UUID.search(difference.after) and _UUID.search(difference.before):
         return "a UUID or random id in the prompt"
@@ -535,7 +554,7 @@ def _run(
             continue
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
-        layout = layout_of(body, memo)
+        layout = cache_layout(body, memo, cleared=cleared_tool_uses(turn.applied_edits))
         if layouts is not None:
             layouts[turn.index] = layout
         estimate = estimate_of(turn, layout) if estimate_of is not None else None
@@ -707,7 +726,9 @@ def _analyse_turn(
             verdict, reason = "no_cache_control", "no cache_control on any block: nothing is cached"
         return _finish(turn, verdict, reason, infos, 0, 0, False, divergence, notes)
 
-    outcome = simulate(layout, cumulative, store, now, minimum=minimum, extra_input_tokens=extra)
+    outcome = simulate(
+        layout, cumulative, store, now, minimum=minimum, extra_input_tokens=extra, readable_from=turn.responded_at
+    )
     predicted_read = outcome.cache_read_input_tokens
     predicted_write = outcome.cache_creation_input_tokens
     estimated_usage = None
@@ -900,7 +921,12 @@ def _learn(
             return
         for point in written:
             store.entries[point.fingerprint] = CacheEntry(
-                point.fingerprint, recorded_read + recorded_write, point.ttl, now + TTL_SECONDS[point.ttl], now
+                point.fingerprint,
+                recorded_read + recorded_write,
+                point.ttl,
+                now + TTL_SECONDS[point.ttl],
+                now,
+                turn.responded_at,
             )
     last = written[-1]
     tokens.known[last.fingerprint] = recorded_read + recorded_write
