@@ -83,9 +83,11 @@ def measure(folders: list[Path]) -> Agreement:
             if result.matches_recording:
                 out.agreeing += 1
             else:
+                predicted = f"{result.predicted_read}/{result.predicted_write}"
+                recorded = f"{result.recorded_read}/{result.recorded_write}"
                 out.disagreements.append(
-                    f"{path.name} turn {result.turn}: {result.verdict.value}, predicted read/write "
-                    f"{result.predicted_read}/{result.predicted_write}, API {result.recorded_read}/{result.recorded_write}"
+                    f"{path.name} turn {result.turn}: {result.verdict.value}, predicted read/write {predicted}, "
+                    f"API {recorded}"
                 )
             if result.recorded_write and not result.recorded_read and result.predicted_write is not None:
                 out.first_writes += 1

@@ -363,9 +363,7 @@ def clear_tool_results(body: Mapping[str, Any], count: int) -> dict[str, Any]:
     return out
 
 
-def cache_layout(
-    body: Mapping[str, Any], memo: LayoutMemo | None = None, *, cleared: int = 0
-) -> PromptLayout:
+def cache_layout(body: Mapping[str, Any], memo: LayoutMemo | None = None, *, cleared: int = 0) -> PromptLayout:
     """The prefix the API caches for ``body``: its :func:`~pytest_tokenbudget.prefix.layout_of`,
     with earlier thinking blocks left out where the model strips them, and the ``cleared``
     oldest tool results replaced where context editing cleared them (see the module docstring).

@@ -41,8 +41,8 @@ __all__ = [
     "PromptLayout",
     "content_kind",
     "first_difference",
-    "is_server_tool_result",
     "format_path",
+    "is_server_tool_result",
     "layout_of",
     "level_of_path",
 ]
@@ -364,9 +364,7 @@ def _seed(level: Level, settings: Mapping[str, Mapping[str, Any]]) -> bytes:
     return _chunk(b"\x01", _dumps({"level": level, **settings[level]}).encode("utf-8"))
 
 
-def layout_of(
-    body: Mapping[str, Any], memo: LayoutMemo | None = None, *, drop_thinking: bool = False
-) -> PromptLayout:
+def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None, *, drop_thinking: bool = False) -> PromptLayout:
     """Flatten a Messages (or count_tokens) request body into its cache prefix.
 
     Args:

@@ -191,7 +191,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _load_benchmark() -> Any:
     spec = importlib.util.spec_from_file_location("cache_agreement", BENCHMARK)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["cache_agreement"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -216,7 +217,6 @@ def _rows(test: dict[str, Any]) -> list[tuple[str, int, int, int | None, int | N
             )
         )
     return rows
-
 
 
 def test_warm_prefix_is_alive_so_a_reorder_is_a_prefix_change(report: dict[str, Any]) -> None:
@@ -378,6 +378,7 @@ def test_two_warm_reads_without_writes_then_a_reorder() -> None:
     results = analyze(turns).turns
     assert [r.verdict.value for r in results] == ["warm_from_outside", "hit", "prefix_changed"]
     assert (results[1].predicted_read, results[1].predicted_write) == (2000, 0)
-    assert results[2].divergence is not None and results[2].divergence.difference is not None
+    assert results[2].divergence is not None
+    assert results[2].divergence.difference is not None
     assert results[2].divergence.difference.path == "tools[0].name"
     assert results[2].reason.startswith('tools_changed: tools[0].name, offset 0: "a" -> "b"')
