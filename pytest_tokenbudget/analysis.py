@@ -830,6 +830,9 @@ def _verdict(
         elif outcome.expired_blocks:
             block = layout.blocks[outcome.expired_blocks[-1]]
             extra += f"; the entry at {block.path} had expired{_expired_gap(layout, before, now)}"
+        by_api = [p for p in outcome.written if p.by_api]
+        if by_api and recorded_write:
+            extra += f"; wrote {recorded_write:,} at {', '.join(_label(p) for p in outcome.written)}"
         return "hit", f"read {recorded_read:,} cached tokens up to {where}{extra}"
     if predicted_read and not recorded_read:
         where = layout.blocks[hit_block].path if hit_block is not None else "?"
@@ -857,7 +860,7 @@ def _verdict(
             f"{minimum:,}"
         )
     if recorded_write:
-        points = ", ".join(f"{p.path} ({p.ttl})" for p in outcome.written) or "its breakpoints"
+        points = ", ".join(_label(p) for p in outcome.written) or "its breakpoints"
         if parallel is not None:
             return "write", (
                 f"wrote {recorded_write:,} tokens at {points}: sent {parallel:,.1f} s before the response of "
@@ -871,6 +874,12 @@ def _verdict(
             f"{outcome.written[-1].path}, but the API wrote none"
         )
     return "miss_expected", "nothing cached to read, nothing to write"
+
+
+def _label(point: Breakpoint) -> str:
+    if point.by_api:
+        return f"{point.path} ({point.ttl}, the API's own breakpoint after a server tool result)"
+    return f"{point.path} ({point.ttl})"
 
 
 def _parallel_gap(layout: PromptLayout, store: CacheStore, now: float) -> float | None:

@@ -294,6 +294,10 @@ def test_server_tool_result_gets_the_api_breakpoint(report: dict[str, Any]) -> N
         ("messages[1].content[1]", "5m", True),
     ]
     assert second["cache"]["predicted"]["estimated"] is True
+    assert second["cache"]["reason"] == (
+        "read 1,553 cached tokens up to system[0]; wrote 285 at messages[1].content[1] "
+        "(5m, the API's own breakpoint after a server tool result)"
+    )
 
 
 def test_context_editing_clear_invalidates_from_the_first_cleared_result(report: dict[str, Any]) -> None:
