@@ -314,6 +314,16 @@ def test_context_editing_clear_invalidates_from_the_first_cleared_result(report:
     assert cache["divergence"]["cause"] == (
         "context editing cleared this tool result (the response's context_management.applied_edits)"
     )
+    from pytest_tokenbudget.cassette import load_cassette
+    from pytest_tokenbudget.ledger import turns_from
+
+    turns = turns_from(load_cassette(Path(report["_root"]["path"]) / test["cassette"]).interactions)
+    assert [t.applied_edits for t in turns] == [
+        (),
+        (),
+        (),
+        ({"type": "clear_tool_uses_20250919", "cleared_tool_uses": 1, "cleared_input_tokens": 160},),
+    ]
 
 
 def test_agreement_over_the_scenarios(report: dict[str, Any]) -> None:
