@@ -21,25 +21,51 @@ UNSURE (the docs do not say), said here rather than guessed silently:
   returns ``sure=False`` and the nearest documented value);
 * what counts as one block for the lookback (see :mod:`pytest_tokenbudget.prefix`).
 * concurrency: the API makes an entry usable only once the writer's response has begun, so
-  parallel requests miss; the model makes it usable from the writer's start time.
+  parallel requests miss. The model makes an entry readable from ``readable_from``: the
+  writer's response end where the recording stores it (``responded_at``; for a JSON response
+  its start and end are the same moment, for a stream a reader that started between the two
+  is called a miss here, UNSURE), else the writer's start.
+
+Rules that change the prefix the API actually caches, not the one the client sent
+(:func:`cache_layout`):
+
+* thinking: models before Claude Opus 4.5 / Sonnet 4.6, and every Haiku, strip the thinking
+  blocks of earlier assistant turns when the new user turn is not a tool result (docs: extended
+  thinking, "thinking block caching"; observed in a real Sonnet 4 recording): they are not in
+  the prefix and not billed, so what was cached with them is not read. Later models keep them.
+  The blocks (their ``signature`` included) are hashed as sent: a re-serialised or re-signed
+  thinking block changes the prefix from there on.
+* context editing: a ``clear_tool_uses`` edit the API applied (``context_management.applied_edits``
+  in the response, ``cleared_tool_uses`` = N) replaced the N oldest tool results with a
+  placeholder, so the cached prefix is invalid from the first cleared result on. UNSURE: the
+  placeholder's exact text (here: :data:`CLEARED_PLACEHOLDER`), and which results are cleared
+  when ``exclude_tools`` is set (here: the N oldest, whatever their tool).
+* server tools: see :func:`pytest_tokenbudget.prefix.layout_of` (the API's own 5m breakpoint
+  after each server tool result).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .prefix import LEVELS, TTL_SECONDS, Breakpoint, PromptLayout
+from .prefix import LEVELS, TTL_SECONDS, Breakpoint, LayoutMemo, PromptLayout, layout_of
 
 __all__ = [
+    "CLEARED_PLACEHOLDER",
     "LOOKBACK_BLOCKS",
     "CacheEntry",
     "CacheOutcome",
     "CacheStore",
+    "cache_layout",
+    "clear_tool_results",
+    "cleared_tool_uses",
     "diagnose",
     "minimum_cacheable",
     "simulate",
+    "strips_thinking",
 ]
 
 LOOKBACK_BLOCKS = 20
@@ -105,6 +131,8 @@ class CacheEntry:
         ttl: ``5m`` or ``1h``.
         expires_at: POSIX seconds.
         written_at: POSIX seconds of the request that wrote it.
+        readable_from: POSIX seconds from which a request can read it (the writer's response;
+            ``None``: from ``written_at``).
     """
 
     fingerprint: str
@@ -112,6 +140,7 @@ class CacheEntry:
     ttl: str
     expires_at: float
     written_at: float
+    readable_from: float | None = None
 
 
 @dataclass(slots=True)
@@ -125,7 +154,18 @@ class CacheStore:
         entry = self.entries.get(fingerprint)
         if entry is None or entry.expires_at <= now or entry.written_at > now:
             return None
+        if entry.readable_from is not None and entry.readable_from > now:
+            return None  # its writer's response had not come yet: a parallel request misses
         return entry
+
+    def unready(self, fingerprint: str, now: float) -> bool:
+        """An entry exists for ``fingerprint`` but its writer's response had not come by ``now``."""
+        entry = self.entries.get(fingerprint)
+        return (
+            entry is not None
+            and entry.readable_from is not None
+            and entry.written_at <= now < entry.readable_from < entry.expires_at
+        )
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -186,6 +226,7 @@ def simulate(
     *,
     minimum: int | None = None,
     extra_input_tokens: int = 0,
+    readable_from: float | None = None,
 ) -> CacheOutcome:
     """Apply one request to ``store`` and say what it read and wrote.
 
@@ -196,6 +237,8 @@ def simulate(
         now: the request's start, POSIX seconds.
         minimum: minimum cacheable tokens; by default :func:`minimum_cacheable` of the model.
         extra_input_tokens: input tokens outside the blocks (always uncached).
+        readable_from: when the entries this request writes become readable (its response;
+            default: ``now``).
 
     Returns:
         The outcome; ``input_tokens + cache reads + cache writes == total_input_tokens``.
@@ -233,7 +276,7 @@ def simulate(
             continue
         written.append(point)
         store.entries[point.fingerprint] = CacheEntry(
-            point.fingerprint, tokens, point.ttl, now + TTL_SECONDS[point.ttl], now
+            point.fingerprint, tokens, point.ttl, now + TTL_SECONDS[point.ttl], now, readable_from
         )
         top_all = max(top_all, tokens)
         if point.ttl == "1h":
@@ -252,6 +295,83 @@ def simulate(
         written=tuple(written),
         below_minimum=tuple(below),
     )
+
+
+# Models that keep earlier thinking blocks in context (docs: extended thinking): Opus 4.5 and
+# later, Sonnet 4.6 and later, and the 5.x generation. Every Haiku and earlier Opus/Sonnet strip
+# them. UNSURE for models not named here (unknown ids keep them).
+_KEEPS_THINKING = re.compile(r"claude-(opus-4-[5-9]|opus-[5-9]|sonnet-4-[6-9]|sonnet-[5-9]|fable|mythos)")
+_STRIPS_THINKING = re.compile(r"claude-(haiku|3|opus-4|sonnet-4|sonnet-3|opus-3)")
+
+
+def strips_thinking(model: str) -> bool:
+    """Whether ``model`` strips the thinking blocks of earlier turns from its context."""
+    name = model.lower()
+    return not _KEEPS_THINKING.search(name) and bool(_STRIPS_THINKING.search(name))
+
+
+def _strips_now(body: Mapping[str, Any]) -> bool:
+    """The request ends on a user turn that is not a tool result (a new turn, not a tool loop)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
+        return False
+    last = messages[-1]
+    if last.get("role") != "user":
+        return False
+    content = last.get("content")
+    blocks = content if isinstance(content, list) else []
+    return not any(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in blocks)
+
+
+CLEARED_PLACEHOLDER = "[tool result cleared by context editing]"
+
+
+def cleared_tool_uses(applied_edits: Any) -> int:
+    """Tool uses a response's ``context_management.applied_edits`` says were cleared."""
+    if not isinstance(applied_edits, Sequence) or isinstance(applied_edits, str | bytes):
+        return 0
+    total = 0
+    for edit in applied_edits:
+        if isinstance(edit, Mapping) and str(edit.get("type", "")).startswith("clear_tool_uses"):
+            count = edit.get("cleared_tool_uses")
+            total += count if isinstance(count, int) and count > 0 else 0
+    return total
+
+
+def clear_tool_results(body: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """``body`` with the content of its ``count`` oldest ``tool_result`` blocks replaced by the
+    placeholder, as context editing's ``clear_tool_uses`` does on the server."""
+    out = dict(body)
+    messages = body.get("messages")
+    if count <= 0 or not isinstance(messages, list):
+        return out
+    left = count
+    new_messages: list[Any] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if left <= 0 or not isinstance(content, list):
+            new_messages.append(message)
+            continue
+        blocks: list[Any] = []
+        for block in content:
+            if left > 0 and isinstance(block, Mapping) and block.get("type") == "tool_result":
+                block = {**block, "content": CLEARED_PLACEHOLDER}
+                left -= 1
+            blocks.append(block)
+        new_messages.append({**message, "content": blocks})
+    out["messages"] = new_messages
+    return out
+
+
+def cache_layout(body: Mapping[str, Any], memo: LayoutMemo | None = None, *, cleared: int = 0) -> PromptLayout:
+    """The prefix the API caches for ``body``: its :func:`~pytest_tokenbudget.prefix.layout_of`,
+    with earlier thinking blocks left out where the model strips them, and the ``cleared``
+    oldest tool results replaced where context editing cleared them (see the module docstring).
+    """
+    if cleared > 0:
+        body = clear_tool_results(body, cleared)
+    drop = strips_thinking(str(body.get("model", ""))) and _strips_now(body)
+    return layout_of(body, memo, drop_thinking=drop)
 
 
 def _level_blocks(layout: PromptLayout, level: str) -> list[bytes]:

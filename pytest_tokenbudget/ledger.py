@@ -205,6 +205,9 @@ class Turn:
             (``has_diagnostics`` is False).
         has_diagnostics: whether the response carried a ``diagnostics`` key.
         recorded_at: POSIX seconds when the request started.
+        responded_at: POSIX seconds when its response had been received, if recorded.
+        applied_edits: the response's ``context_management.applied_edits`` (context editing), as
+            recorded; empty when none.
         message_id: the response's message id.
         custom_id: the batch request's ``custom_id``.
         batch_id: the batch's id.
@@ -227,6 +230,8 @@ class Turn:
     has_diagnostics: bool = False
     recorded_at: float | None = None
     message_id: str | None = None
+    responded_at: float | None = None
+    applied_edits: tuple[Mapping[str, Any], ...] = ()
     custom_id: str | None = None
     batch_id: str | None = None
     stop_reason: str | None = None
@@ -454,6 +459,8 @@ def _assemble_stream(events: Sequence[tuple[str, Any]]) -> tuple[dict[str, Any],
         elif kind == "message_delta":
             delta = data.get("delta") or {}
             message["stop_reason"] = delta.get("stop_reason")
+            if isinstance(data.get("context_management"), dict):  # context editing (beta) reports here
+                message["context_management"] = data["context_management"]
             usage = data.get("usage")
             if not isinstance(usage, dict):
                 raise ValueError("message_delta has no usage")
@@ -552,6 +559,12 @@ def turns_from(interactions: Iterable[Interaction], *, source: str | Path = "", 
     return Ledger(turns, exchanges, where)
 
 
+def _applied_edits(message: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    management = message.get("context_management")
+    edits = management.get("applied_edits") if isinstance(management, Mapping) else None
+    return tuple(e for e in edits if isinstance(e, Mapping)) if isinstance(edits, list) else ()
+
+
 def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
     request = interaction.request_body.try_json()
     request = request if isinstance(request, dict) else {}
@@ -590,6 +603,8 @@ def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
         diagnostics=message.get("diagnostics"),
         has_diagnostics="diagnostics" in message,
         recorded_at=interaction.recorded_at,
+        responded_at=interaction.responded_at,
+        applied_edits=_applied_edits(message),
         message_id=message.get("id"),
         stop_reason=message.get("stop_reason"),
         incomplete=incomplete,

@@ -42,6 +42,7 @@ __all__ = [
     "content_kind",
     "first_difference",
     "format_path",
+    "is_server_tool_result",
     "layout_of",
     "level_of_path",
 ]
@@ -55,6 +56,20 @@ _FORMAT = b"tokenbudget-prefix/1"
 # Block types the API refuses a cache_control on (the docs list the blocks that cannot be marked).
 _UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
 _EXCERPT = 32
+_THINKING = frozenset({"thinking", "redacted_thinking"})
+# Result blocks of Anthropic's server tools (docs: web search, web fetch, code execution tools).
+_SERVER_TOOL_RESULTS = frozenset(
+    {
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+    }
+)
+# Results that are not a server tool's: the client's own, and MCP connector results (run
+# elsewhere; the docs' extra breakpoint is stated for server tools only).
+_CLIENT_TOOL_RESULTS = frozenset({"tool_result", "mcp_tool_result"})
 
 
 def _dumps(value: Any) -> str:
@@ -91,14 +106,23 @@ class Block:
     source: Any = field(repr=False, compare=False)
 
 
+def is_server_tool_result(kind: str) -> bool:
+    """Whether a content block type is a server tool's result (``web_search_tool_result``,
+    ``web_fetch_tool_result``, ``code_execution_tool_result``, ``bash_code_execution_tool_result``...):
+    a block the API wrote into the transcript itself, after its own ``server_tool_use``."""
+    return kind in _SERVER_TOOL_RESULTS or (kind.endswith("_tool_result") and kind not in _CLIENT_TOOL_RESULTS)
+
+
 def content_kind(block: Block) -> str:
     """What a block holds, for token densities: ``tools`` (a tool definition), ``text``,
-    ``tool_use`` (server tool calls too), ``tool_result`` or ``other``."""
+    ``tool_use`` (server tool calls too), ``tool_result`` (server tool results too) or ``other``."""
     if block.level == "tools":
         return "tools"
     if block.kind in ("text", "tool_use", "tool_result"):
         return block.kind
-    return "tool_use" if block.kind == "server_tool_use" else "other"
+    if block.kind == "server_tool_use":
+        return "tool_use"
+    return "tool_result" if is_server_tool_result(block.kind) else "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +134,9 @@ class Breakpoint:
         level: the block's level.
         path: the block's JSON path.
         ttl: ``5m`` or ``1h``.
-        automatic: placed by the top-level ``cache_control`` rather than on the block.
+        automatic: placed by the top-level ``cache_control`` (or by the API) rather than on the block.
         fingerprint: hash of the prefix up to and including the block.
+        by_api: the API's own breakpoint after a server tool result (``automatic`` too).
     """
 
     block: int
@@ -120,6 +145,7 @@ class Breakpoint:
     ttl: Ttl
     automatic: bool
     fingerprint: str
+    by_api: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,17 +253,22 @@ def _normalised_settings(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _message_blocks(m: int, message: Any) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
+def _message_blocks(
+    m: int, message: Any, drop_thinking: bool = False
+) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
     if not isinstance(message, dict):
         yield "messages", f"messages[{m}]", message, "?", False, message
         return
-    role = str(message.get("role"))
+    role: str | None = str(message.get("role"))
     content = message.get("content")
     if isinstance(content, str):
         yield "messages", f"messages[{m}].content", {"type": "text", "text": content}, role, False, content
     elif isinstance(content, list):
         for c, block in enumerate(content):
-            yield "messages", f"messages[{m}].content[{c}]", block, role if c == 0 else None, True, block
+            if drop_thinking and isinstance(block, dict) and block.get("type") in _THINKING:
+                continue  # stripped by the model: the message starts at its next block
+            yield "messages", f"messages[{m}].content[{c}]", block, role, True, block
+            role = None
 
 
 def _head_blocks(body: Mapping[str, Any]) -> Iterator[tuple[Level, str, Any, str | None, bool, Any]]:
@@ -333,19 +364,22 @@ def _seed(level: Level, settings: Mapping[str, Mapping[str, Any]]) -> bytes:
     return _chunk(b"\x01", _dumps({"level": level, **settings[level]}).encode("utf-8"))
 
 
-def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> PromptLayout:
+def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None, *, drop_thinking: bool = False) -> PromptLayout:
     """Flatten a Messages (or count_tokens) request body into its cache prefix.
 
     Args:
         body: the parsed JSON request body.
         memo: reuse work across the requests of one run (optional; results are the same).
+        drop_thinking: leave ``thinking``/``redacted_thinking`` blocks of the messages out of the
+            prefix (the model strips them; see :func:`pytest_tokenbudget.cache_model.cache_layout`).
+            The other blocks keep their paths.
 
     Returns:
         The layout: blocks, fingerprint chain, breakpoints and what the API would reject.
     """
     memo = memo if memo is not None else LayoutMemo()
     settings = _normalised_settings(body)
-    settings_key = _dumps(settings)
+    settings_key = _dumps(settings) + ("\x00drop-thinking" if drop_thinking else "")
     model = str(body.get("model", ""))
     raw_messages = body.get("messages")
     messages: list[Any] = raw_messages if isinstance(raw_messages, list) else []
@@ -384,7 +418,7 @@ def layout_of(body: Mapping[str, Any], memo: LayoutMemo | None = None) -> Prompt
         message_images = [head_images]
     images = message_images[-1]
     for m in range(kept_messages, len(messages)):
-        for level, path, block, role, explicit, anchor in _message_blocks(m, messages[m]):
+        for level, path, block, role, explicit, anchor in _message_blocks(m, messages[m], drop_thinking):
             made, chunk, block_images = memo.block(len(blocks), level, path, block, role, explicit, anchor)
             blocks.append(made)
             chunks.append(chunk)
@@ -550,6 +584,19 @@ def _breakpoints(
                 f"{point.path}: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"
             )
             break
+    if points:
+        # Server tools: when a request has any cache_control, the API adds its own 5m breakpoint
+        # after each server tool result (docs: tool use with prompt caching). UNSURE (the docs do
+        # not say): whether these count against the 4 breakpoints (here: no, they are the API's),
+        # and whether one also goes on a result that carries the user's own marker (here: the
+        # user's marker stands, with its TTL).
+        taken = {p.block for p in points}
+        points.extend(
+            Breakpoint(b.index, b.level, b.path, "5m", True, chain[b.index], by_api=True)
+            for b in blocks
+            if b.level == "messages" and is_server_tool_result(b.kind) and b.index not in taken
+        )
+        points.sort(key=lambda p: p.block)
     return points
 
 

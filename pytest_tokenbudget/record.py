@@ -395,6 +395,8 @@ class Recorder:
                 response_headers=response_headers,
                 response_body=Body(raw),
                 recorded_at=pending.started if pending is not None else round(self.clock(), 6),
+                # vcrpy hands the exchange over once the response is read in full.
+                responded_at=round(self.clock(), 6),
             )
             self.exchanges.append(interaction)
             self.recorded.append(interaction)

@@ -131,8 +131,8 @@ def test_a_prompt_edit_is_a_small_cassette_diff(long_run: dict[str, Any], tmp_pa
         for line in difflib.unified_diff(before, after, lineterm="", n=0)
         if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     ]
-    body = [line for line in changed if "recorded_at:" not in line]
-    assert len(changed) - len(body) == 2 * 200
+    body = [line for line in changed if "recorded_at:" not in line and "responded_at:" not in line]
+    assert len(changed) - len(body) == 2 * 2 * 200  # request start and response end, - and +
     assert len(body) == 2
     assert body[0].startswith("-          text: 'You audit invoices. You audit invoices.")
     assert body[1].startswith("+          text: 'You audit receipts. You audit receipts.")

@@ -98,7 +98,8 @@ def test_none_mode_never_writes(pytester: pytest.Pytester) -> None:
 
 
 def test_all_rerecords_and_changes_only_recorded_times(pytester: pytest.Pytester) -> None:
-    """Re-recording an unchanged test with ``all`` changes nothing but the ``recorded_at`` lines."""
+    """Re-recording an unchanged test with ``all`` changes nothing but the ``recorded_at`` and
+    ``responded_at`` lines (request start, response end)."""
     _project(pytester)
     pytester.runpytest("--token-budget-record=all", "-p", "no:cacheprovider").assert_outcomes(passed=1)
     first = _cassette(pytester).read_text().splitlines()
@@ -106,8 +107,9 @@ def test_all_rerecords_and_changes_only_recorded_times(pytester: pytest.Pytester
     second = _cassette(pytester).read_text().splitlines()
     assert len(first) == len(second)
     changed = [(a, b) for a, b in zip(first, second, strict=True) if a != b]
-    assert len(changed) == 2
-    assert all(a.strip().startswith("recorded_at:") and b.strip().startswith("recorded_at:") for a, b in changed)
+    assert len(changed) == 4
+    assert [a.strip().split(":")[0] for a, _b in changed] == ["recorded_at", "responded_at"] * 2
+    assert all(a.strip().split(":")[0] == b.strip().split(":")[0] for a, b in changed)
 
 
 def test_new_episodes_keeps_recordings_and_appends_new_requests(pytester: pytest.Pytester) -> None:

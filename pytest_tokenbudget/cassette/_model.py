@@ -226,6 +226,8 @@ class Interaction:
         response_body: the response body, decompressed.
         recorded_at: POSIX seconds when the request started; for vcrpy cassettes, the response's
             ``date`` header (1-second resolution) when present.
+        responded_at: POSIX seconds when the response had been received in full (``None``: not
+            recorded); the cache analysis makes a request's writes readable from then on.
     """
 
     index: int
@@ -238,6 +240,7 @@ class Interaction:
     response_headers: dict[str, list[str]]
     response_body: Body
     recorded_at: float | None = None
+    responded_at: float | None = None
 
     @property
     def path(self) -> str:

@@ -361,6 +361,7 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
                 response_headers=_header_values(response.get("headers"), path, index),
                 response_body=response_body,
                 recorded_at=_timestamp(request.get("recorded_at")),
+                responded_at=_timestamp(response.get("responded_at")),
             )
         )
     return out

@@ -234,6 +234,8 @@ def dump_cassette(interactions: Sequence[Interaction], *, secrets: Iterable[str]
         request["body"] = spec
         response_spec, _ = _body_spec(interaction.response_body, interaction.content_type.endswith("json"), None, scrub)
         response: dict[str, Any] = {"status": interaction.status}
+        if interaction.responded_at is not None:
+            response["responded_at"] = _iso(interaction.responded_at)
         if interaction.reason and interaction.reason != "OK":
             response["reason"] = interaction.reason
         response["headers"] = _headers_out(interaction.response_headers, _KEEP_RESPONSE_HEADERS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,8 @@ class Reply:
         stream_error_after: for a streamed reply, send an ``event: error`` after this many
             content blocks instead of finishing (``None``: finish normally).
         usage: usage fields to add or override (e.g. ``{"server_tool_use": {...}}``).
+        latency: seconds (real time) the response takes to come; the cache entries the request
+            writes are readable only from then on, so a request sent meanwhile misses them.
     """
 
     content: tuple[Mapping[str, Any], ...] = ()
@@ -58,6 +60,11 @@ class Reply:
     retry_after: float | None = None
     stream_error_after: int | None = None
     usage: Mapping[str, Any] = field(default_factory=dict)
+    latency: float = 0.0
+
+    def with_latency(self, seconds: float) -> Reply:
+        """This reply, answered after ``seconds`` of real time (see :attr:`latency`)."""
+        return replace(self, latency=seconds)
 
     @classmethod
     def text(cls, text: str, *, stop_reason: str = "end_turn", thinking: str | None = None) -> Reply:

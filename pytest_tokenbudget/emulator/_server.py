@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..cache_model import CacheStore, diagnose, simulate
-from ..prefix import LayoutMemo, PromptLayout, layout_of
+from ..cache_model import CacheStore, cache_layout, diagnose, simulate
+from ..prefix import LayoutMemo, PromptLayout
 from ._replies import Clock, Reply
 from ._tokens import cumulative_tokens, output_tokens
 
@@ -71,6 +72,7 @@ class _Response:
     content_type: str = "application/json"
     headers: Mapping[str, str] | None = None
     request_id: str | None = None
+    delay: float = 0.0
 
 
 class AnthropicEmulator:
@@ -267,7 +269,9 @@ class AnthropicEmulator:
 
     # ---------------------------------------------------------------- messages
 
-    def _prepare(self, body: Mapping[str, Any], *, count_only: bool = False) -> tuple[PromptLayout, list[int]]:
+    def _prepare(
+        self, body: Mapping[str, Any], *, count_only: bool = False, cleared: int = 0
+    ) -> tuple[PromptLayout, list[int]]:
         for key in ("model", "messages") if count_only else ("model", "max_tokens", "messages"):
             if key not in body:
                 raise _ApiError(400, "invalid_request_error", f"{key}: Field required")
@@ -275,15 +279,67 @@ class AnthropicEmulator:
             raise _ApiError(400, "invalid_request_error", "messages: at least one message is required")
         if not count_only and (not isinstance(body["max_tokens"], int) or body["max_tokens"] < 0):
             raise _ApiError(400, "invalid_request_error", "max_tokens: must be a non-negative integer")
-        layout = layout_of(body, self._layouts)
+        # What the API caches: earlier thinking stripped where the model does, cleared tool
+        # results replaced (pytest_tokenbudget.cache_model.cache_layout).
+        layout = cache_layout(body, self._layouts, cleared=cleared)
         if layout.problems:
             raise _ApiError(400, "invalid_request_error", layout.problems[0])
         return layout, cumulative_tokens(layout, self.chars_per_token)
 
+    def _context_edits(self, body: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]] | None]:
+        """Context editing (beta): ``clear_tool_uses_20250919`` edits the request asks for.
+
+        When the prompt's input tokens pass the edit's trigger (default 100,000 input tokens), the
+        oldest tool results are cleared, keeping the last ``keep`` tool uses (default 3) and
+        clearing at least ``clear_at_least`` tokens when asked (docs: context editing). Returns
+        the tool uses cleared and the response's ``applied_edits`` (``None``: none asked for).
+        """
+        management = body.get("context_management")
+        edits = management.get("edits") if isinstance(management, dict) else None
+        if not isinstance(edits, list):
+            return 0, None
+        layout, cumulative = self._prepare(body)
+        total = cumulative[-1] if cumulative else 0
+        results = [b for b in layout.blocks if b.kind == "tool_result"]
+        applied: list[dict[str, Any]] = []
+        cleared = 0
+        for edit in edits:
+            if not isinstance(edit, dict) or not str(edit.get("type", "")).startswith("clear_tool_uses"):
+                continue
+            trigger = edit["trigger"] if isinstance(edit.get("trigger"), dict) else {}
+            keep = edit["keep"] if isinstance(edit.get("keep"), dict) else {}
+            if total <= int(trigger.get("value", 100_000)):
+                continue
+            count = max(0, len(results) - int(keep.get("value", 3)))
+            if count <= cleared:
+                continue
+            before = self._prepare(body, cleared=cleared)[1]
+            after = self._prepare(body, cleared=count)[1]
+            applied.append(
+                {
+                    "type": edit["type"],
+                    "cleared_tool_uses": count - cleared,
+                    "cleared_input_tokens": (before[-1] if before else 0) - (after[-1] if after else 0),
+                }
+            )
+            cleared = count
+        return cleared, applied
+
+    def warm(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a request to the cache as an earlier run would have, without recording it.
+
+        Nothing goes over HTTP, so nothing reaches the test's cassette: the recording that follows
+        shows a cache warm from outside. Returns the usage the request would have reported.
+        """
+        with self._lock:
+            layout, cumulative = self._prepare(body)
+            return simulate(layout, cumulative, self.cache, self.clock.now()).usage()
+
     def _create_message(
         self, body: Mapping[str, Any], headers: Mapping[str, str], *, service_tier: str = "standard"
     ) -> tuple[Reply, dict[str, Any] | None]:
-        layout, cumulative = self._prepare(body)
+        cleared, applied_edits = self._context_edits(body)
+        layout, cumulative = self._prepare(body, cleared=cleared)
         reply = self._next_reply(body)
         if reply.stream_error_after is not None and not body.get("stream"):
             # Without a stream there is no mid-stream error: the request fails as a whole.
@@ -291,7 +347,9 @@ class AnthropicEmulator:
         if reply.status != 200:
             return reply, None
         now = self.clock.now()
-        outcome = simulate(layout, cumulative, self.cache, now)
+        # The entries this request writes become readable when its response comes: a request
+        # sent meanwhile (in parallel) misses them (Reply.latency).
+        outcome = simulate(layout, cumulative, self.cache, now, readable_from=now + reply.latency)
         prewarm = body.get("max_tokens") == 0
         content = [] if prewarm else self._content(reply)
         message_id = self._new_id("msg")
@@ -316,6 +374,8 @@ class AnthropicEmulator:
             "stop_sequence": None,
             "usage": usage,
         }
+        if applied_edits is not None:
+            message["context_management"] = {"applied_edits": applied_edits}
         diagnostics = self._diagnostics(body, headers, layout)
         if diagnostics is not _ABSENT:
             message["diagnostics"] = diagnostics
@@ -353,9 +413,13 @@ class AnthropicEmulator:
         if message is None:
             raise _reply_error(reply)
         if not stream:
-            return self._json(message)
+            return _Response(200, _dumps(message), delay=reply.latency)
         return _Response(
-            200, b"".join(_sse(message, reply)), "text/event-stream; charset=utf-8", {"cache-control": "no-cache"}
+            200,
+            b"".join(_sse(message, reply)),
+            "text/event-stream; charset=utf-8",
+            {"cache-control": "no-cache"},
+            delay=reply.latency,
         )
 
     def _count_tokens(self, body: Mapping[str, Any]) -> _Response:
@@ -647,14 +711,14 @@ def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
         )
         if k in usage
     }
-    yield _event(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-            "usage": delta_usage,
-        },
-    )
+    delta_event: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": delta_usage,
+    }
+    if "context_management" in message:  # context editing reports on the delta in streams
+        delta_event["context_management"] = message["context_management"]
+    yield _event("message_delta", delta_event)
     yield _event("message_stop", {"type": "message_stop"})
 
 
@@ -675,6 +739,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         response = self.owner.handle(self.command, self.path, headers, raw)
+        if response.delay > 0:
+            time.sleep(response.delay)  # outside the emulator's lock: other requests go on meanwhile
         body = response.body
         compress = (
             self.owner.gzip_json

@@ -13,7 +13,12 @@ synthetic tokens, chosen so tests can compute exact numbers by hand:
   should show content of different token densities, as a real tokenizer does (JSON counts
   more tokens per character than prose);
 * an output block counts ``ceil(len(text) / 4)`` for text and thinking, and
-  ``ceil(len(name + compact JSON of input) / 4)`` for ``tool_use``; at least 1 per block.
+  ``ceil(len(name + compact JSON of input) / 4)`` for ``tool_use``; at least 1 per block;
+* a server tool's result block in a reply (``web_search_tool_result``...) counts no output: the
+  server wrote it, not the model. UNSURE: the API bills it as input of the sampling iteration
+  that follows within the same request (``usage.iterations``), which the emulator does not model.
+  Sent back in a later request it is an input block like any other (one block for the lookback,
+  counted at the ``tool_result`` density).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..prefix import Block, PromptLayout, content_kind
+from ..prefix import Block, PromptLayout, content_kind, is_server_tool_result
 
 IMAGE_TOKENS = 1000
 
@@ -50,6 +55,8 @@ def output_tokens(content: Iterable[Mapping[str, Any]]) -> int:
     total = 0
     for block in content:
         kind = block.get("type")
+        if is_server_tool_result(str(kind)):
+            continue
         if kind == "text":
             text = str(block.get("text", ""))
         elif kind == "thinking":
