@@ -281,14 +281,31 @@ _REQUEST_BODY = frozenset({"messages", "count_tokens", "batch_create"})
 
 
 def _find(
-    side_value: Mapping[str, Any], side: Side, headers: Mapping[str, list[str]], path: Path, index: int
-) -> tuple[Body, bool, bool]:
-    """A side's body (:func:`._shape.find_body`), whether one was found, whether it is decoded."""
+    side_value: Mapping[str, Any],
+    side: Side,
+    headers: Mapping[str, list[str]],
+    path: Path,
+    index: int,
+    required: str | None,
+) -> Body:
+    """A side's body (:func:`._shape.find_body`).
+
+    ``required`` (the call, e.g. ``POST /v1/messages``) when an API call's side must carry a
+    body: then finding none, or only a value of another shape away from vcrpy's own keys, is an
+    error saying what the side holds.
+    """
     try:
         found = find_body(side_value, side, headers)
     except ShapeError as err:
         raise _fail(path, index, str(err)) from None
-    return found.body(), found.present, found.decoded
+    if required is not None and not (found.api or found.conventional):
+        what = f"no {side} body found" if not found.present else f"no {side} body shaped like an API {side}"
+        raise _fail(
+            path,
+            index,
+            f"{what} ({required}); the {side} has: {describe(side_value)}",
+        )
+    return found.body()
 
 
 def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
@@ -312,18 +329,13 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         if not isinstance(status, int):
             raise _fail(path, index, f"response status code {status!r} is not a number")
         response_headers = _header_values(response.get("headers"), path, index)
-        request_body, request_found, _ = _find(request, Side.REQUEST, request_header_values, path, index)
-        response_body, response_found, _ = _find(response, Side.RESPONSE, response_headers, path, index)
+        call = f"{method} {urlsplit(str(request['uri'])).path}"
+        needs_request = endpoint in _REQUEST_BODY and method == "POST"
+        request_body = _find(request, Side.REQUEST, request_header_values, path, index, call if needs_request else None)
+        needs_response = endpoint != "other" and status == 200
+        response_body = _find(response, Side.RESPONSE, response_headers, path, index, call if needs_response else None)
         # The body is decoded now (or was stored decoded): its content-encoding no longer applies.
         response_headers.pop("content-encoding", None)
-        if endpoint != "other":
-            # An API call must carry its bodies somewhere; say what the side holds when none is found.
-            if not request_found and method == "POST" and endpoint in _REQUEST_BODY:
-                raise _fail(
-                    path, index, f"no request body found ({method} {request['uri']}); request has: {describe(request)}"
-                )
-            if not response_found and status == 200:
-                raise _fail(path, index, f"no response body found; response has: {describe(response)}")
         dates = response_headers.get("date")
         out.append(
             Interaction(

@@ -69,6 +69,8 @@ class Found:
         api: whether it is shaped like an Anthropic API body.
         decoded: whether a content encoding (gzip...) was undone, or the body was stored already
             decoded: either way a ``content-encoding`` header no longer applies.
+        conventional: not shaped like an API body, but found where vcrpy keeps bodies
+            (``body``, ``body.string``...): a broken body, for the ledger to say what is broken.
     """
 
     where: str
@@ -76,6 +78,7 @@ class Found:
     value: Any = None
     api: bool = False
     decoded: bool = False
+    conventional: bool = False
 
     @property
     def present(self) -> bool:
@@ -137,8 +140,9 @@ def looks_like_api_body(value: Any, side: Side) -> bool:
 
     Requests: a mapping with ``model``, ``messages`` (messages, count_tokens) or ``requests``
     (batch create). Responses: a mapping whose ``type`` names an API object (message, error,
-    message_batch...), or with ``usage`` (a message), ``input_tokens`` (count_tokens) or a
-    ``data`` list with ``has_more`` (a batch list page).
+    message_batch...), or with ``usage`` (a message), ``input_tokens`` (count_tokens),
+    ``custom_id`` and ``result`` (a batch result), or a ``data`` list with ``has_more`` (a batch
+    list page).
     """
     if not isinstance(value, Mapping):
         return False
@@ -154,6 +158,8 @@ def looks_like_api_body(value: Any, side: Side) -> bool:
     if isinstance(value.get("usage"), Mapping) and ("content" in value or "model" in value):
         return True
     if isinstance(value.get("input_tokens"), int) and len(value) <= 3:
+        return True
+    if "custom_id" in value and isinstance(value.get("result"), Mapping):  # one line of batch results
         return True
     return isinstance(value.get("data"), list) and "has_more" in value
 
@@ -309,8 +315,9 @@ def decode_content(raw: bytes, encodings: Sequence[str], what: str = "the body")
     return raw, undone
 
 
-def _maybe_base64(text: str) -> bytes | None:
-    """The bytes a base64 text stands for, when it does stand for a body (compressed or readable)."""
+def _maybe_base64(text: str, declared: bool) -> bytes | None:
+    """The bytes a base64 text stands for, when it does stand for a body: compressed (by magic
+    bytes, or any data when a content encoding is ``declared``) or readable."""
     compact = "".join(text.split())
     if len(compact) < 8 or not _BASE64.fullmatch(compact):
         return None
@@ -322,7 +329,7 @@ def _maybe_base64(text: str) -> bytes | None:
         )
     except (binascii.Error, ValueError):
         return None
-    if raw.startswith((_GZIP, _ZSTD)) or _readable(raw):
+    if declared or raw.startswith((_GZIP, _ZSTD)) or _readable(raw):
         return raw
     return None
 
@@ -355,7 +362,7 @@ def _leaf(
         return _Candidate(where, depth, _Kind.ABSENT, b"", None, False)
     decoded = False
     if isinstance(value, str):
-        if base64_hint:
+        if base64_hint and not _readable(value.encode("utf-8", "surrogatepass")):
             try:
                 raw = base64.b64decode("".join(value.split()), validate=True)
             except (binascii.Error, ValueError):
@@ -364,7 +371,7 @@ def _leaf(
         else:
             raw = value.encode("utf-8", "surrogatepass")
             if not _readable(raw):
-                guessed = _maybe_base64(value)
+                guessed = _maybe_base64(value, any(e != "identity" for e in encodings))
                 if guessed is not None:
                     raw = guessed
     else:
@@ -450,10 +457,12 @@ def find_body(side_value: Mapping[str, Any], side: Side, headers: Mapping[str, S
     encodings = _encodings(headers)
     candidates = list(_candidates(side_value, side, encodings))
     api = [c for c in candidates if c.kind is _Kind.API]
+    conventional = False
     if api:
         best = min(api, key=lambda c: c.depth)  # the whole body, not a part of it (e.g. its usage)
     else:
         fallback = _conventional(candidates)
+        conventional = fallback is not None
         if fallback is None:
             filled = [c for c in candidates if c.kind is _Kind.DATA]
             fallback = min(filled, key=lambda c: c.depth) if filled else None
@@ -463,7 +472,7 @@ def find_body(side_value: Mapping[str, Any], side: Side, headers: Mapping[str, S
         best = fallback
     if best.error is not None:
         raise ShapeError(best.error)
-    return Found(best.where, best.raw, best.value, best.kind is _Kind.API, best.decoded)
+    return Found(best.where, best.raw, best.value, best.kind is _Kind.API, best.decoded, conventional)
 
 
 def describe(side_value: Any) -> str:
