@@ -417,9 +417,9 @@ def test_report_reads_every_foreign_format_with_hand_summed_usage(
     # 138*3 + 1500*3.75 + 1500*0.30 + 132*15 = 8469 -> $0.008469
     assert Decimal(str(totals["cost_usd"])) == Decimal("0.008469")
     assert doc["notes"] == [
-        {"path": "other/openai.yaml", "note": "1 interactions, none to the Anthropic API (hosts: api.openai.com)"},
+        {"path": "other/openai.yaml", "note": "1 interaction, none to the Anthropic API (hosts: api.openai.com)"},
         {"path": "other/package.json", "note": "not a recording: a mapping with keys name, version, devDependencies"},
-        {"path": "other/pages.har", "note": "HAR file with 1 entries, none to the Anthropic API (hosts: shop.example)"},
+        {"path": "other/pages.har", "note": "HAR file with 1 entry, none to the Anthropic API (hosts: shop.example)"},
     ]
 
 

@@ -137,12 +137,12 @@ def read_har(data: Mapping[str, Any], path: Path) -> tuple[list[Interaction], st
         out.append(_interaction(entry, request, method, url, endpoint, number, path))
     if out:
         return out, None
-    note = f"HAR file with {len(entries)} entries, none to the Anthropic API"
+    note = f"HAR file with {len(entries)} entr{'ies' if len(entries) != 1 else 'y'}, none to the Anthropic API"
     if hosts:
         named = ", ".join(host for host, _ in hosts.most_common(3))
         note += f" (hosts: {named}{', ...' if len(hosts) > 3 else ''})"
     if unreadable:
-        note += f"; {unreadable} entries without a request URL"
+        note += f"; {unreadable} without a request URL"
     return out, note
 
 

@@ -152,7 +152,8 @@ def traffic_note(interactions: Sequence[Interaction]) -> str | None:
         if host not in hosts:
             hosts.append(host)
     named = ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else "")
-    return f"{len(interactions)} interactions, none to the Anthropic API (hosts: {named})"
+    count = len(interactions)
+    return f"{count} interaction{'s' if count != 1 else ''}, none to the Anthropic API (hosts: {named})"
 
 
 def _parse_document(text: str, path: Path) -> Any:
@@ -300,10 +301,12 @@ def _find(
         raise _fail(path, index, str(err)) from None
     if required is not None and not (found.api or found.conventional):
         what = f"no {side} body found" if not found.present else f"no {side} body shaped like an API {side}"
-        raise _fail(
-            path,
-            index,
-            f"{what} ({required}); the {side} has: {describe(side_value)}",
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=f"interaction {index}: {what} ({required}); the {side} has: {describe(side_value)}",
+            fix="store bodies as text, bytes or parsed JSON under any key (vcrpy's body.string, a "
+            "serializer's parsed_body), or re-record it",
         )
     return found.body()
 
