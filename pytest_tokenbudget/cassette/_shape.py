@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._model import Body
+from ._model import _UNSET, Body
 
 __all__ = ["Found", "ShapeError", "Side", "decode_content", "describe", "find_body", "looks_like_api_body"]
 
@@ -65,7 +65,8 @@ class Found:
             when the side holds no body at all.
         raw: the body's bytes, decoded (base64 and compression undone); ``None`` when the
             recording stored the body already parsed (see ``value``).
-        value: the parsed JSON as stored, when ``raw`` is ``None``.
+        value: the parsed JSON: as stored when ``raw`` is ``None``, else parsed from ``raw``
+            (``_UNSET`` when ``raw`` is not JSON).
         api: whether it is shaped like an Anthropic API body.
         decoded: whether a content encoding (gzip...) was undone, or the body was stored already
             decoded: either way a ``content-encoding`` header no longer applies.
@@ -75,7 +76,7 @@ class Found:
 
     where: str
     raw: bytes | None
-    value: Any = None
+    value: Any = _UNSET
     api: bool = False
     decoded: bool = False
     conventional: bool = False
@@ -88,7 +89,7 @@ class Found:
     def body(self) -> Body:
         """As a :class:`Body` (a stored-parsed value is re-encoded as compact JSON, as SDK 2.x sends it)."""
         if self.raw is not None:
-            return Body(self.raw)
+            return Body(self.raw, json_value=self.value)
         return Body(json_value=self.value, style="compact")
 
 
@@ -164,33 +165,35 @@ def looks_like_api_body(value: Any, side: Side) -> bool:
     return isinstance(value.get("data"), list) and "has_more" in value
 
 
-def _text_shape(raw: bytes, side: Side) -> bool | None:
-    """Whether bytes are readable text shaped like an API body (``True``), readable JSON or
-    text of another shape (``False``), or not text (``None``)."""
+def _text_shape(raw: bytes, side: Side) -> tuple[bool, Any]:
+    """Whether bytes are text shaped like an API body, and their parsed JSON (``_UNSET`` when
+    they are not one JSON document), kept so that the body is not parsed again."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return False, _UNSET
     stripped = text.lstrip()
     if not stripped:
-        return False
+        return False, _UNSET
     if stripped[0] in "{[":
         try:
-            return looks_like_api_body(json.loads(stripped), side)
+            value = json.loads(stripped)
         except ValueError:
             pass
+        else:
+            return looks_like_api_body(value, side), value
         # JSON lines: batch results, one {"custom_id", "result"} per line
         lines = [line for line in stripped.splitlines() if line.strip()]
         if side is Side.RESPONSE and len(lines) > 1:
             try:
                 rows = [json.loads(line) for line in lines]
             except ValueError:
-                return False
-            return all(isinstance(row, dict) and "custom_id" in row for row in rows)
-        return False
+                return False, _UNSET
+            return all(isinstance(row, dict) and "custom_id" in row for row in rows), _UNSET
+        return False, _UNSET
     # A stream: its first line is an SSE field. A broken stream still counts, so that the ledger
     # names what is broken in it.
-    return side is Side.RESPONSE and bool(_SSE_LINE.match(stripped))
+    return side is Side.RESPONSE and bool(_SSE_LINE.match(stripped)), _UNSET
 
 
 def _readable(raw: bytes) -> bool:
@@ -359,7 +362,7 @@ def _leaf(
     what: str,
 ) -> _Candidate:
     if value is None:
-        return _Candidate(where, depth, _Kind.ABSENT, b"", None, False)
+        return _Candidate(where, depth, _Kind.ABSENT, b"", _UNSET, False)
     decoded = False
     if isinstance(value, str):
         if base64_hint and not _readable(value.encode("utf-8", "surrogatepass")):
@@ -377,13 +380,13 @@ def _leaf(
     else:
         raw = value
     if not raw:
-        return _Candidate(where, depth, _Kind.EMPTY, b"", None, False)
+        return _Candidate(where, depth, _Kind.EMPTY, b"", _UNSET, False)
     try:
         raw, decoded = decode_content(raw, encodings, what)
     except ShapeError as err:
         return _Candidate(where, depth, _Kind.DATA, None, None, False, str(err))
-    shape = _text_shape(raw, side)
-    return _Candidate(where, depth, _Kind.API if shape else _Kind.DATA, raw, None, decoded)
+    shape, parsed = _text_shape(raw, side)
+    return _Candidate(where, depth, _Kind.API if shape else _Kind.DATA, raw, parsed, decoded)
 
 
 def _candidates(side_value: Mapping[str, Any], side: Side, encodings: Sequence[str]) -> Iterator[_Candidate]:
