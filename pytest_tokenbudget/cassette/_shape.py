@@ -407,7 +407,7 @@ def _candidates(side_value: Mapping[str, Any], side: Side, encodings: Sequence[s
                 try:
                     json.dumps(value)
                     jsonable = True
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, RecursionError):  # bytes inside; nesting too deep
                     jsonable = False
                 api = jsonable and looks_like_api_body(value, side)
                 if jsonable:
