@@ -804,3 +804,33 @@ def test_report_reads_every_real_recording_that_holds_anthropic_traffic(
     if len(REAL_FILES) == REAL_SNAPSHOT["files"]:
         totals = doc["totals"]
         assert {"files": len(doc["tests"]), **{k: totals[k] for k in REAL_SNAPSHOT if k != "files"}} == REAL_SNAPSHOT
+
+
+# -------------------------------------------------------------------------------- damaged input
+
+
+def _damage(text: str, edits: list[tuple[float, str]]) -> str:
+    """``text`` with a character replaced at each relative offset."""
+    for where, char in edits:
+        offset = min(int(where * len(text)), len(text) - 1)
+        text = text[:offset] + char + text[offset + 1 :]
+    return text
+
+
+@given(
+    name=st.sampled_from(sorted(FOREIGN)),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.sampled_from(list('"{}[]:,0a \n-\\'))), min_size=1, max_size=3),
+)
+def test_damaged_foreign_file_loads_or_raises_cassette_error(name: str, edits: list[tuple[float, str]]) -> None:
+    """A damaged foreign file either loads and gives a ledger, or raises CassetteError naming it: never another exception."""
+    from pytest_tokenbudget.cassette import parse_cassette
+
+    text = _damage(FOREIGN[name](), edits)
+    try:
+        cassette = parse_cassette(text, name, skip_unknown=True)
+        turns_from(cassette.interactions, source=name)
+    except CassetteError as error:
+        message = str(error)
+    else:
+        return
+    assert name in message
