@@ -6,6 +6,10 @@
     tokenbudget gate BASELINE REPORT              # the gate of pytest --token-budget, on two files
     tokenbudget comment REPORT                    # the pull request comment (GitHub Actions)
 
+Reads our cassettes, vcrpy cassettes (any serializer layout) and HAR files. A well-formed file
+with no priced turn (not a recording, no Anthropic API traffic, no billed turn) is listed in a
+note, not as an error.
+
 Exit status: 0 when every cassette was read and priced, 1 when some could not be (they are
 listed with the reason; the rest are still reported), 2 for a usage error.
 """
@@ -15,17 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import _ci
 from ._atomic import write_atomic
 from ._settings import add_cli_options
-from .cassette import iter_cassette_files, load_cassette
+from .cassette import Cassette, iter_cassette_files, load_cassette
 from .errors import TokenBudgetError
-from .ledger import turns_from
+from .ledger import Ledger, turns_from
 from .pricing import Pricer
-from .reports import ReportError, TestEntry, build_entry, build_report, render_html, render_text, report_json
+from .reports import (
+    ReportError,
+    ReportNote,
+    TestEntry,
+    build_entry,
+    build_report,
+    render_html,
+    render_text,
+    report_json,
+)
 
 __all__ = ["main"]
 
@@ -53,22 +67,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[ReportError]]:
-    """Each cassette's entry, priced; what could not be read, with the reason."""
+def _no_turn_note(cassette: Cassette, ledger: Ledger) -> str | None:
+    """Why a file read gives no priced turn (``None`` when it gives some)."""
+    if cassette.note is not None or ledger.turns:
+        return cassette.note
+    calls = Counter(f"{i.endpoint} {i.status}" for i in cassette.interactions if i.endpoint != "other")
+    return "Anthropic API traffic but no billed turn (" + ", ".join(f"{n} x {k}" for k, n in calls.items()) + ")"
+
+
+def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[ReportError], list[ReportNote]]:
+    """Each cassette's entry, priced; what could not be read, with the reason; files with no turn."""
     entries: list[TestEntry] = []
     errors: list[ReportError] = []
+    notes: list[ReportNote] = []
     for path in iter_cassette_files(paths):
         name = _relative(path)
         try:
-            ledger = turns_from(load_cassette(path).interactions, source=name)
+            cassette = load_cassette(path, skip_unknown=True)
+            ledger = turns_from(cassette.interactions, source=name)
         except FileNotFoundError:
             errors.append(ReportError(name, f"tokenbudget: no such file: {name}"))
             continue
         except TokenBudgetError as error:
             errors.append(ReportError(name, error.render()))
             continue
+        note = _no_turn_note(cassette, ledger)
+        if note is not None:
+            notes.append(ReportNote(name, note))
+            continue
         entries.append(build_entry(name, name, ledger, pricer))
-    return entries, errors
+    return entries, errors, notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return 2
-    entries, unreadable = _read(args.paths, pricer)
-    report = build_report(entries, pricer.source.as_dict(), unreadable)
+    entries, unreadable, notes = _read(args.paths, pricer)
+    report = build_report(entries, pricer.source.as_dict(), unreadable, notes)
     if args.json:
         json.dump(report_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")

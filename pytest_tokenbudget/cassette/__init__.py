@@ -1,10 +1,12 @@
 """Cassettes: reading any vcrpy recording, and writing ours.
 
-Two formats are read:
+Three formats are read:
 
-* **vcrpy** cassettes, as plain vcrpy and pytest-recording write them, YAML or JSON: bodies as
-  text, as YAML ``!!binary`` (base64), as ``base64_string``, gzip/deflate-compressed, or as the
-  old httpx layout (``status_code``/``content``).
+* **vcrpy** cassettes, as plain vcrpy, pytest-recording and custom serializers write them, YAML
+  or JSON: each body found by its shape under whatever key holds it (``body.string``,
+  ``parsed_body``, a mapping...), as text, YAML ``!!binary`` (base64), ``base64_string``,
+  gzip/deflate/br/zstd-compressed, or as the old httpx layout (``status_code``/``content``).
+* **HAR 1.2** files (Polly.js, Playwright, browser devtools): their Anthropic API entries.
 * **pytest-tokenbudget** cassettes (``format: pytest-tokenbudget/1``), written by this plugin.
   JSON bodies are stored parsed, so a prompt reads as YAML and a change shows as a small diff. A
   request that extends an earlier one (an agent turn re-sends the transcript and adds to it) is
@@ -17,8 +19,9 @@ Two formats are read:
 an error, never an empty cassette).
 
 The modules: ``_model`` (bodies, interactions, cassettes, and how stored bodies are rebuilt),
-``_read`` (both formats in), ``_write`` (our format out), ``_vcr`` (the vcrpy interfaces). Import
-from this package, not from them.
+``_shape`` (finding a body by its shape, undoing its encodings), ``_har`` (HAR files), ``_read``
+(every format in), ``_write`` (our format out), ``_vcr`` (the vcrpy interfaces). Import from this
+package, not from them.
 """
 
 from __future__ import annotations

@@ -265,13 +265,17 @@ class Cassette:
 
     Attributes:
         path: where it was read from.
-        format: ``pytest-tokenbudget/1`` or ``vcrpy``.
+        format: ``pytest-tokenbudget/1``, ``vcrpy``, ``har``, or ``none`` (a well-formed file
+            that is not a recording, read with ``skip_unknown``).
         interactions: in recorded order.
+        note: why the file holds no Anthropic API traffic (not a recording; no interaction to
+            the API); ``None`` when it holds some.
     """
 
     path: Path
     format: str
     interactions: list[Interaction] = field(default_factory=list)
+    note: str | None = None
 
 
 _BATCH = re.compile(r"^/v1/messages/batches(?:/([^/]+))?(/results|/cancel)?/?$")

@@ -1,14 +1,19 @@
 """Reading cassettes of either format.
 
-* **vcrpy** cassettes (plain vcrpy, pytest-recording, pydantic-ai's ``parsed_body``), YAML or
-  JSON: bodies as text, YAML ``!!binary``, ``base64_string`` or parsed JSON, gzip/deflate (or,
-  with ``brotli`` installed, br) compressed, or in vcrpy's old httpx layout
-  (``status_code``/``content``).
+* **vcrpy** cassettes (plain vcrpy, pytest-recording, custom serializers such as pydantic-ai's
+  ``parsed_body``), YAML or JSON: each body is found by its shape wherever it is stored
+  (:mod:`._shape`): text, YAML ``!!binary``, ``base64_string``, parsed JSON under any key,
+  gzip/deflate (with ``brotli`` or ``zstandard`` installed, br and zstd) compressed, or vcrpy's
+  old httpx layout (``status_code``/``content``).
+* **HAR 1.2** files (Polly.js, Playwright, browser devtools): their Anthropic API entries
+  (:mod:`._har`).
 * **pytest-tokenbudget** cassettes (``format: pytest-tokenbudget/1``): bodies as parsed JSON,
   text, base64, or ``extends: N`` plus operations on an earlier request's body.
 
 A file that cannot be read is a :class:`~pytest_tokenbudget.errors.CassetteError` naming the
-interaction and what is wrong, never an empty cassette.
+interaction and what is wrong, never an empty cassette. A well-formed file that holds no
+Anthropic API traffic is read with a :attr:`Cassette.note` saying so (with ``skip_unknown``,
+also one that is not a recording at all).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import contextlib
 import gc
 import json
 import re
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -30,7 +34,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..errors import CassetteError
-from ._model import _STYLES, FORMAT, Body, Cassette, Interaction, _Encoder, apply_ops
+from ._har import is_har, read_har
+from ._model import _STYLES, FORMAT, Body, Cassette, Interaction, _Encoder, apply_ops, endpoint_of
+from ._shape import ShapeError, Side, decode_content, describe, find_body
 
 
 class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
@@ -60,8 +66,14 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_cassette(path: Path | str) -> Cassette:
-    """Read a cassette file of either format.
+def load_cassette(path: Path | str, *, skip_unknown: bool = False) -> Cassette:
+    """Read a cassette file of any format read here.
+
+    Args:
+        path: the file.
+        skip_unknown: a well-formed JSON or YAML document that is not a recording gives an
+            empty cassette of format ``none`` with a note, instead of an error (``tokenbudget
+            report`` on a folder); a test's own cassette is read without it.
 
     Raises:
         FileNotFoundError: there is no such file.
@@ -80,15 +92,22 @@ def load_cassette(path: Path | str) -> Cassette:
             why=_in_interaction(head, err.start, head.lstrip()[:1] in ("{", "["))
             + f"not UTF-8 text at byte {err.start}",
         ) from None
-    return parse_cassette(text, path)
+    return parse_cassette(text, path, skip_unknown=skip_unknown)
 
 
-def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
-    """Parse cassette text (YAML or JSON, either format)."""
+def parse_cassette(text: str, path: Path | str = "<string>", *, skip_unknown: bool = False) -> Cassette:
+    """Parse cassette text (YAML or JSON, any format read here; see :func:`load_cassette`)."""
     path = Path(path)
     data = _parse_document(text, path)
+    if is_har(data):
+        interactions, note = read_har(data, path)
+        return Cassette(path, "har", interactions, note)
+    if isinstance(data, list) and data and all(isinstance(i, dict) and "request" in i for i in data):
+        data = {"interactions": data}  # vcrpy before 1.0 wrote the list of interactions alone
     if not isinstance(data, dict) or not isinstance(data.get("interactions"), list):
         kind = type(data).__name__
+        if skip_unknown and not (isinstance(data, dict) and "interactions" in data):
+            return Cassette(path, "none", [], f"not a recording: {_document_kind(data)}")
         raise CassetteError(
             "cassette cannot be read",
             file=str(path),
@@ -104,7 +123,37 @@ def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
             why=f"format {data['format']!r}; this version reads {FORMAT!r}",
             fix="upgrade pytest-tokenbudget",
         )
-    return Cassette(path, "vcrpy", _read_vcrpy(data["interactions"], path))
+    interactions = _read_vcrpy(data["interactions"], path)
+    return Cassette(path, "vcrpy", interactions, traffic_note(interactions))
+
+
+def _document_kind(data: Any) -> str:
+    """What a document that is not a recording holds, for the note that skips it."""
+    if isinstance(data, dict):
+        keys = ", ".join(str(k) for k in list(data)[:8]) + (", ..." if len(data) > 8 else "")
+        return f"a mapping with keys {keys}" if keys else "an empty mapping"
+    if isinstance(data, list):
+        return f"a list of {len(data)} items"
+    return f"a {type(data).__name__}"
+
+
+def traffic_note(interactions: Sequence[Interaction]) -> str | None:
+    """A note when no interaction is an Anthropic API call (``None`` when some is)."""
+    if any(i.endpoint != "other" for i in interactions):
+        return None
+    if not interactions:
+        return "a recording with no interactions"
+    hosts: list[str] = []
+    for item in interactions:
+        try:
+            host = urlsplit(item.uri).hostname or "?"
+        except ValueError:
+            host = "?"
+        if host not in hosts:
+            hosts.append(host)
+    named = ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else "")
+    count = len(interactions)
+    return f"{count} interaction{'s' if count != 1 else ''}, none to the Anthropic API (hosts: {named})"
 
 
 def _parse_document(text: str, path: Path) -> Any:
@@ -201,45 +250,12 @@ def _header_values(headers: Any, path: Path, index: int) -> dict[str, list[str]]
     return out
 
 
-def _to_bytes(value: Any, path: Path, index: int, what: str) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass")
-    if isinstance(value, dict | list):
-        # Some serializers store JSON bodies parsed.
-        try:
-            return json.dumps(value).encode("utf-8")
-        except (TypeError, ValueError) as err:  # e.g. bytes inside: a damaged vcrpy body mapping
-            raise _fail(path, index, f"{what} is a mapping that is not JSON ({err})") from None
-    raise _fail(path, index, f"{what} is a {type(value).__name__}, expected text or bytes")
-
-
 def _decompress(raw: bytes, encodings: Sequence[str], path: Path, index: int) -> bytes:
-    for encoding in reversed([e.strip().lower() for v in encodings for e in v.split(",") if e.strip()]):
-        try:
-            if encoding in ("gzip", "x-gzip"):
-                raw = zlib.decompress(raw, zlib.MAX_WBITS | 16)
-            elif encoding == "deflate":
-                try:
-                    raw = zlib.decompress(raw)
-                except zlib.error:
-                    raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-            elif encoding == "br":
-                try:
-                    import brotli  # type: ignore[import-not-found]
-                except ImportError:
-                    raise _fail(
-                        path, index, "response body is brotli-compressed; install 'brotli' to read it"
-                    ) from None
-                raw = brotli.decompress(raw)
-            elif encoding != "identity":
-                raise _fail(path, index, f"unknown content-encoding {encoding!r}")
-        except zlib.error as err:
-            raise _fail(path, index, f"response body is not valid {encoding} data ({err})") from None
-    return raw
+    """Undo a response's declared content encodings (a body that is already readable text is kept)."""
+    try:
+        return decode_content(raw, encodings, "response body")[0]
+    except ShapeError as err:
+        raise _fail(path, index, str(err)) from None
 
 
 def _timestamp(value: Any) -> float | None:
@@ -261,6 +277,40 @@ def _timestamp(value: Any) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+# Endpoints whose request carries a body, and those whose successful response does.
+_REQUEST_BODY = frozenset({"messages", "count_tokens", "batch_create"})
+
+
+def _find(
+    side_value: Mapping[str, Any],
+    side: Side,
+    headers: Mapping[str, list[str]],
+    path: Path,
+    index: int,
+    required: str | None,
+) -> Body:
+    """A side's body (:func:`._shape.find_body`).
+
+    ``required`` (the call, e.g. ``POST /v1/messages``) when an API call's side must carry a
+    body: then finding none, or only a value of another shape away from vcrpy's own keys, is an
+    error saying what the side holds.
+    """
+    try:
+        found = find_body(side_value, side, headers)
+    except ShapeError as err:
+        raise _fail(path, index, str(err)) from None
+    if required is not None and not (found.api or found.conventional):
+        what = f"no {side} body found" if not found.present else f"no {side} body shaped like an API {side}"
+        raise CassetteError(
+            "cassette cannot be read",
+            file=str(path),
+            why=f"interaction {index}: {what} ({required}); the {side} has: {describe(side_value)}",
+            fix="store bodies as text, bytes or parsed JSON under any key (vcrpy's body.string, a "
+            "serializer's parsed_body), or re-record it",
+        )
+    return found.body()
+
+
 def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
     out = []
     for index, item in enumerate(items):
@@ -270,35 +320,37 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         if "method" not in request or "uri" not in request:
             raise _fail(path, index, "request has no 'method' or 'uri'")
         _check_uri(request["uri"], path, index)
-        request_headers = {k: v[0] for k, v in _header_values(request.get("headers"), path, index).items() if v}
-        request_raw = _to_bytes(
-            _body_value(request.get("body"), path, index, "request body"), path, index, "request body"
-        )
+        method = str(request["method"]).upper()
+        endpoint = endpoint_of(method, str(request["uri"]))
+        request_header_values = _header_values(request.get("headers"), path, index)
+        request_headers = {k: v[0] for k, v in request_header_values.items() if v}
         if "status_code" in response:  # vcrpy's old httpx layout
             status, reason = response["status_code"], ""
-            body_value: Any = response.get("content")
         else:
             status_value = _as_mapping(response.get("status"), path, index, "response 'status'")
             status, reason = status_value.get("code"), str(status_value.get("message") or "")
-            body_value = _body_value(response.get("body"), path, index, "response body")
         if not isinstance(status, int):
             raise _fail(path, index, f"response status code {status!r} is not a number")
         response_headers = _header_values(response.get("headers"), path, index)
-        raw = _to_bytes(body_value, path, index, "response body")
-        encodings = response_headers.pop("content-encoding", [])
-        raw = _decompress(raw, encodings, path, index)
+        call = f"{method} {urlsplit(str(request['uri'])).path}"
+        needs_request = endpoint in _REQUEST_BODY and method == "POST"
+        request_body = _find(request, Side.REQUEST, request_header_values, path, index, call if needs_request else None)
+        needs_response = endpoint != "other" and status == 200
+        response_body = _find(response, Side.RESPONSE, response_headers, path, index, call if needs_response else None)
+        # The body is decoded now (or was stored decoded): its content-encoding no longer applies.
+        response_headers.pop("content-encoding", None)
         dates = response_headers.get("date")
         out.append(
             Interaction(
                 index=index,
-                method=str(request["method"]).upper(),
+                method=method,
                 uri=str(request["uri"]),
                 request_headers=request_headers,
-                request_body=Body(request_raw),
+                request_body=request_body,
                 status=status,
                 reason=reason,
                 response_headers=response_headers,
-                response_body=Body(raw),
+                response_body=response_body,
                 recorded_at=_timestamp(item.get("recorded_at")) or (_timestamp(dates[0]) if dates else None),
             )
         )
@@ -311,21 +363,6 @@ def _check_uri(uri: Any, path: Path, index: int) -> None:
         urlsplit(str(uri))
     except ValueError as err:
         raise _fail(path, index, f"request 'uri' {str(uri)!r} is not a URL ({err})") from None
-
-
-def _body_value(body: Any, path: Path, index: int, what: str) -> Any:
-    if isinstance(body, dict):
-        if "base64_string" in body:
-            try:
-                return base64.b64decode(str(body["base64_string"]), validate=True)
-            except (binascii.Error, ValueError):
-                raise _fail(path, index, f"{what}: base64_string is not valid base64") from None
-        if "parsed_body" in body:  # pydantic-ai's json_body_serializer
-            return json.dumps(body["parsed_body"]).encode("utf-8")
-        if "string" in body:
-            return body["string"]
-        return body
-    return body
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,11 +451,25 @@ def _read_body(
 # cassette files
 
 
+_SUFFIXES = (".yaml", ".yml", ".json", ".har")
+_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
+
+
 def iter_cassette_files(paths: Iterable[Path | str]) -> Iterator[Path]:
-    """Cassette files under the given files or folders (``.yaml``, ``.yml``, ``.json``), sorted."""
+    """Recording files under the given files or folders, sorted.
+
+    In folders: ``.yaml``, ``.yml``, ``.json`` and ``.har`` files, leaving out hidden folders
+    (``.git``, ``.venv``...), ``node_modules`` and ``__pycache__``. A file named is always read.
+    """
     for entry in paths:
         entry = Path(entry)
         if entry.is_dir():
-            yield from sorted(p for p in entry.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            yield from sorted(
+                p
+                for p in entry.rglob("*")
+                if p.suffix.lower() in _SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") or part in _SKIPPED_DIRS for part in p.relative_to(entry).parts[:-1])
+            )
         else:
             yield entry

@@ -37,6 +37,8 @@ def report_json(report: Report, gate: Sequence[GateLine] | None = None) -> dict[
             for e in report.errors
         ],
     }
+    if report.notes:
+        out["notes"] = [{"path": n.path, "note": n.note} for n in report.notes]
     if report.coverage is not None:
         out["baseline_coverage"] = _coverage_json(report.coverage)
     if report.suite is not None:

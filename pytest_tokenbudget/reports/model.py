@@ -33,6 +33,7 @@ __all__ = [
     "NotChecked",
     "Report",
     "ReportError",
+    "ReportNote",
     "TestEntry",
     "TurnEntry",
     "build_entry",
@@ -97,6 +98,14 @@ class ReportError:
     path: str | None
     reason: str
     test: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportNote:
+    """A file read that holds no priced turn, and why: not an error (the exit status is unaffected)."""
+
+    path: str
+    note: str
 
 
 class GateKind(enum.StrEnum):
@@ -202,6 +211,8 @@ class Report:
         price_source: the prices' library, version, override files and policy.
         coverage: which baseline entries were checked (``None``: not judged against a baseline).
         suite: the suite budget's verdict (``None``: no suite budget set).
+        notes: files read that hold no priced turn (``tokenbudget report``): not recordings,
+            no Anthropic API traffic, or no billed turn.
     """
 
     tests: tuple[TestEntry, ...]
@@ -209,6 +220,7 @@ class Report:
     price_source: Mapping[str, Any]
     coverage: Coverage | None = None
     suite: SuiteVerdict | None = None
+    notes: tuple[ReportNote, ...] = ()
 
     @property
     def totals(self) -> Totals:
@@ -262,9 +274,13 @@ def build_entry(
 
 
 def build_report(
-    entries: Iterable[TestEntry], price_source: Mapping[str, Any], errors: Sequence[ReportError] = ()
+    entries: Iterable[TestEntry],
+    price_source: Mapping[str, Any],
+    errors: Sequence[ReportError] = (),
+    notes: Sequence[ReportNote] = (),
 ) -> Report:
-    """The report of priced entries (those without turns are left out), with what could not be read."""
+    """The report of priced entries (those without turns are left out), with what could not be
+    read and the notes on files skipped."""
     tests = tuple(entry for entry in entries if entry.turns)
     all_errors = list(errors)
     for entry in tests:
@@ -272,4 +288,4 @@ def build_report(
             ReportError(entry.cassette, reason, entry.id if entry.id != entry.cassette else None)
             for reason in entry.errors
         )
-    return Report(tests, tuple(all_errors), price_source)
+    return Report(tests, tuple(all_errors), price_source, notes=tuple(notes))

@@ -130,7 +130,7 @@ def _common_dir(ids: Sequence[str]) -> str:
 
 def render_text(report: Report, *, verbose: bool = False) -> list[str]:
     """The report as terminal lines (empty when there is nothing to say)."""
-    if not report.tests and not report.errors:
+    if not report.tests and not report.errors and not report.notes:
         return []
     lines: list[str] = []
     prefix = _common_dir([e.id for e in report.tests])
@@ -192,6 +192,10 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
     lines.append("")
     lines.append(source_line(report.price_source))
     lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")
+    if report.notes:
+        lines.append("")
+        lines.append(f"{len(report.notes)} file(s) with no priced turn (not errors):")
+        lines.extend(f"  {note.path}: {note.note}" for note in report.notes)
     if report.errors:
         lines.append("")
         lines.append(f"{len(report.errors)} problem(s):")
