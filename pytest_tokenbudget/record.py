@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._modes import RecordMode
-from .cassette import REDACTED, Body, Cassette, Interaction
+from ._redact import PLACEHOLDER_API_KEY, Redactor
+from .cassette import Body, Cassette, Interaction
 from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
 
 if TYPE_CHECKING:
@@ -67,18 +68,14 @@ __all__ = [
     "unrouted_clients",
 ]
 
-PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 _LOOKAHEAD = 32
-_REDACTED_BYTES = REDACTED.encode("utf-8")
 _RETRYABLE = frozenset({408, 409, 429})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
 
 
 def secrets_from_environment(environ: Mapping[str, str] | None = None) -> set[str]:
     """Values of environment variables that look like credentials (8 characters or more)."""
-    environ = os.environ if environ is None else environ
-    return {v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= 8 and v != PLACEHOLDER_API_KEY}
+    return set(Redactor.from_environment(environ).secrets)
 
 
 def is_anthropic_request(uri: str, headers: Mapping[str, Any]) -> bool:
@@ -258,6 +255,8 @@ class Recorder:
         allow_unused: do not complain about recordings the test did not replay.
         record_command: the command line that re-records this test (shown in errors).
         clock: returns the current time; the emulator fixture installs its clock here.
+        redactor: the session's redactor (shared by every test, so every report redacts every
+            secret any test saw); a fresh one by default.
     """
 
     def __init__(
@@ -271,6 +270,7 @@ class Recorder:
         allow_unused: bool = False,
         record_command: Callable[[str], str] = lambda mode: f"--token-budget-record={mode}",
         clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
     ) -> None:
         self.cassette_path = Path(path)
         self.test = test
@@ -280,13 +280,13 @@ class Recorder:
         self.allow_unused = allow_unused
         self.record_command = record_command
         self.clock = clock
-        self._secrets: set[str] | None = None
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._read_environment = False
         self.exchanges: list[Interaction] = []
         self.recorded: list[Interaction] = []
         self.departures: list[Departure] = []
         self.errors: list[ReplayInterrupt] = []
         self._bypass = False
-        self._secret_bytes: list[bytes] = []
         self._ledger: tuple[int, Ledger] | None = None
         self._lock = threading.RLock()
         self._pending: dict[int, _Decision] = {}
@@ -298,12 +298,25 @@ class Recorder:
             self._queues.setdefault((interaction.method, interaction.path), deque()).append(interaction.index)
 
     @property
+    def redactor(self) -> Redactor:
+        """What is redacted from what is recorded: credential-like environment variables (and
+        those the config names), read at the test's first request (or save), and the keys,
+        passwords and credential query values the test sent (headers, URL)."""
+        if not self._read_environment:
+            self._read_environment = True
+            self._redactor.read_environment()
+        return self._redactor
+
+    @property
     def secrets(self) -> set[str]:
-        """Values redacted from what is recorded: credential-like environment variables, read at
-        the test's first request (or save), and the keys the test sent."""
-        if self._secrets is None:
-            self._secrets = secrets_from_environment()
-        return self._secrets
+        """The secret values :attr:`redactor` knows."""
+        return set(self.redactor.secrets)
+
+    def _learn(self, request: Any) -> None:
+        """Learn the credentials a request carries (headers, URL userinfo and query)."""
+        redactor = self.redactor
+        redactor.harvest_headers(request.headers)
+        redactor.harvest_url(str(request.uri))
 
     # ------------------------------------------------------------------ vcrpy's cassette API
 
@@ -371,10 +384,7 @@ class Recorder:
         if not self._ours(request):
             return
         headers = _headers_of(request)
-        for name in ("authorization", "x-api-key", "api-key"):
-            value = headers.get(name)
-            if value:
-                self.secrets.add(value.removeprefix("Bearer ").strip())
+        self._learn(request)
         response_headers = {str(k).lower(): [str(v) for v in values] for k, values in response["headers"].items()}
         raw = response["body"]["string"] or b""
         if isinstance(raw, str):
@@ -412,6 +422,7 @@ class Recorder:
         started = round(self.clock(), 6)
         method = str(request.method).upper()
         path = urlsplit(request.uri).path
+        self._learn(request)
         body = self._redacted(_body_of(request))
         if self.mode is RecordMode.ALL:
             return _Decision(None, started)
@@ -436,14 +447,9 @@ class Recorder:
         raise AssertionError("unreachable")
 
     def _redacted(self, body: bytes) -> bytes:
-        # Cassettes hold "<redacted>" where a secret was; compare like with like. The encoded
-        # secrets are kept between requests (replay's hot path) and renewed when the set grows.
-        if len(self._secret_bytes) != len(self.secrets):
-            self._secret_bytes = [secret.encode("utf-8") for secret in self.secrets]
-        for secret in self._secret_bytes:
-            if secret in body:
-                body = body.replace(secret, _REDACTED_BYTES)
-        return body
+        # Cassettes hold "<redacted>" where a secret was; compare like with like (the writer
+        # redacts bodies with this same function).
+        return self.redactor.body(body)
 
     def _exact(self, queue: deque[int], body: bytes) -> int | None:
         for position, index in enumerate(queue):
@@ -557,7 +563,7 @@ class Recorder:
         renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
         from .cassette import save_cassette
 
-        save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
+        save_cassette(self.cassette_path, renumbered, redactor=self.redactor, test=self.test)
         return True
 
     @contextmanager
@@ -778,7 +784,13 @@ def accept_command(nodeids: Sequence[str], *, measure: bool) -> str:
 
 
 def open_recorder(
-    path: Path, *, test: str, mode: RecordMode, continue_on_mismatch: bool, allow_unused: bool
+    path: Path,
+    *,
+    test: str,
+    mode: RecordMode,
+    continue_on_mismatch: bool,
+    allow_unused: bool,
+    redactor: Redactor | None = None,
 ) -> Recorder:
     """A recorder for one test, its cassette loaded when it exists (and is not re-recorded).
 
@@ -789,6 +801,7 @@ def open_recorder(
         continue_on_mismatch: a request that departs from its recording is replayed anyway and
             noted (``--token-budget`` judges it); otherwise it fails the test.
         allow_unused: do not fail a test that leaves recordings unplayed.
+        redactor: the session's redactor.
 
     Raises:
         CassetteError: the cassette exists but cannot be read.
@@ -806,6 +819,7 @@ def open_recorder(
         on_mismatch="continue" if continue_on_mismatch else "fail",
         allow_unused=allow_unused,
         record_command=lambda record_mode: record_command(test, record_mode),
+        redactor=redactor,
     )
 
 
