@@ -38,6 +38,7 @@ __all__ = [
     "Found",
     "Redactor",
     "encoded_forms",
+    "is_credential_header",
 ]
 
 REDACTED = "<redacted>"
@@ -49,6 +50,10 @@ SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|credential|session", re.IGNORECASE)
 # A query parameter whose name matches carries a credential.
 _SECRET_QUERY = re.compile(r"key|token|secret|passw|credential|auth|sig|session", re.IGNORECASE)
+# Keys whose string values are prose: consecutive ones (content blocks, messages) are read as one
+# text, so a secret split over two blocks is found. Other strings (types, roles, ids) sit between
+# them in document order and are redacted one by one.
+_PROSE_KEYS = frozenset({"text", "thinking", "content", "system", "partial_json"})
 # Stream deltas whose strings are pieces of one text.
 _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 
@@ -280,10 +285,10 @@ class Redactor:
         if self._text_pattern() is None:
             return value
         strings: list[str] = []
-        _collect(value, strings)
+        _collect(value, strings, None)
         redacted = self.pieces(strings)
         replacements = iter(redacted if redacted is not None else strings)
-        return _rebuild(value, replacements, self.text)
+        return _rebuild(value, replacements, self.text, None)
 
     def url(self, uri: str) -> str:
         """``uri`` without userinfo and credential-like query values, and known secrets redacted."""
@@ -378,6 +383,11 @@ class Redactor:
         return "\n\n".join("\n".join(lines) for lines in out)
 
 
+def is_credential_header(name: str) -> bool:
+    """Whether a header carries a credential by its name (``authorization``, ``x-api-key``, cookies...)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
 def _query_pairs(query: str) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
@@ -395,22 +405,25 @@ def _valid_json(text: str) -> bool:
     return True
 
 
-def _collect(value: Any, out: list[str]) -> None:
+def _collect(value: Any, out: list[str], key: str | None) -> None:
+    """The prose strings of a JSON value, in document order."""
     if isinstance(value, str):
-        out.append(value)
+        if key in _PROSE_KEYS:
+            out.append(value)
     elif isinstance(value, dict):
-        for item in value.values():
-            _collect(item, out)
+        for name, item in value.items():
+            _collect(item, out, name)
     elif isinstance(value, list):
         for item in value:
-            _collect(item, out)
+            _collect(item, out, key)
 
 
-def _rebuild(value: Any, strings: Any, keys: Any) -> Any:
+def _rebuild(value: Any, prose: Any, text: Any, key: str | None) -> Any:
+    """``value`` with its prose strings taken from ``prose`` and every other string through ``text``."""
     if isinstance(value, str):
-        return next(strings)
+        return next(prose) if key in _PROSE_KEYS else text(value)
     if isinstance(value, dict):
-        return {keys(k): _rebuild(v, strings, keys) for k, v in value.items()}
+        return {text(k): _rebuild(v, prose, text, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_rebuild(v, strings, keys) for v in value]
+        return [_rebuild(v, prose, text, key) for v in value]
     return value

@@ -224,14 +224,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Show our failures as their message, without a traceback (and as a GitHub annotation in CI)."""
+    """Show our failures as their message, without a traceback (and as a GitHub annotation in CI);
+    no secret seen in the session reaches the report (terminal, junit.xml)."""
     report = yield
-    if call.excinfo is not None and isinstance(call.excinfo.value, ReplayInterrupt):
-        message = call.excinfo.value.error.render()
+    session = item.config.stash.get(_SESSION, None)
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, ReplayInterrupt | TokenBudgetError):
+        message = (error.error if isinstance(error, ReplayInterrupt) else error).render()
+        if session is not None:
+            message = session.redactor.text(message)
         report.longrepr = message
         report.outcome = "failed"
         if os.environ.get("GITHUB_ACTIONS") == "true":
             _annotate(item, message)
+    if session is not None:
+        session.redact_report(report)
     return report
 
 
@@ -257,6 +264,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         pytest.exit(error.render(), returncode=pytest.ExitCode.USAGE_ERROR)
     if run.fails_session and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the suite budget is broken
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
+    """pytest-recording: its cassettes are written through :class:`~pytest_tokenbudget.record.SafePersister`
+    (credential headers dropped, the session's secrets redacted, a leak refused)."""
+    from .record import SafePersister
+
+    session = config.stash.get(_SESSION, None)
+    if session is not None and not isinstance(vcr.persister, SafePersister):
+        vcr.register_persister(SafePersister(vcr.persister, session.redactor))
 
 
 @pytest.hookimpl(optionalhook=True)

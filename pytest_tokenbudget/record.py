@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from ._modes import RecordMode
 from ._redact import PLACEHOLDER_API_KEY, Redactor
 from .cassette import Body, Cassette, Interaction
-from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
+from .errors import CassetteError, MissingRecording, ReplayInterrupt, RequestMismatch
 
 if TYPE_CHECKING:
     # The cassette reader and writer, the ledger and the prefix comparison load when first
@@ -54,6 +54,7 @@ __all__ = [
     "RecordMode",
     "Recorder",
     "Route",
+    "SafePersister",
     "accept_command",
     "cassette_path",
     "clear_placeholder_key",
@@ -915,3 +916,94 @@ def unrouted_clients() -> list[str]:
     """HTTP client libraries the running test loaded without an ``import`` statement before the
     recorder could follow them (``importlib.import_module``): their calls were not recorded."""
     return _DISPATCHER.missed_clients()
+
+
+class SafePersister:
+    """A vcrpy persister for cassettes pytest-recording writes beside ours: before the file is
+    written, credential headers are dropped (``authorization``, ``x-api-key``, cookies...: a
+    default ``filter_headers``), and every secret the session knows, and those the requests
+    carry, is redacted from URLs, header values and bodies (compressed bodies are stored
+    decompressed when they held one). A cassette in which a secret still survives is refused,
+    naming the file, the secret's source and the fix.
+
+    Args:
+        inner: the persister it writes through (vcrpy's ``FilesystemPersister`` by default).
+        redactor: the session's redactor.
+        test: the test's node id (named in the refusal).
+    """
+
+    def __init__(self, inner: Any, redactor: Redactor, test: str | None = None) -> None:
+        self.inner = inner
+        self.redactor = redactor
+        self.test = test
+
+    def load_cassette(self, cassette_path: Any, serializer: Any) -> Any:
+        return self.inner.load_cassette(cassette_path, serializer=serializer)
+
+    def save_cassette(self, cassette_path: Any, cassette_dict: Mapping[str, Any], serializer: Any) -> None:
+        from vcr.serialize import serialize
+
+        from ._redact import is_credential_header
+
+        redactor = self.redactor
+        redactor.read_environment()
+        requests = list(cassette_dict.get("requests", []))
+        for request in requests:
+            redactor.harvest_headers(dict(request.headers))
+            redactor.harvest_url(str(request.uri))
+        safe = {
+            "requests": [_safe_vcr_request(r, redactor, is_credential_header) for r in requests],
+            "responses": [_safe_vcr_response(r, redactor, is_credential_header) for r in cassette_dict["responses"]],
+        }
+        found = redactor.find(serialize(safe, serializer))
+        if found:
+            raise CassetteError(
+                "refusing to write a pytest-recording cassette that contains a secret",
+                file=str(cassette_path),
+                test=self.test,
+                why=f"the value of {', '.join(sorted({f.source for f in found}))} survives redaction "
+                f"({found[0].encoding}); nothing was written",
+                fix="keep the secret out of what the test sends and receives, or add a before_record_request/"
+                "before_record_response filter to vcr_config that removes it",
+            )
+        self.inner.save_cassette(cassette_path, safe, serializer=serializer)
+
+
+def _safe_vcr_request(request: Any, redactor: Redactor, credential: Callable[[str], bool]) -> Any:
+    from vcr.request import Request
+
+    body = request.body
+    if isinstance(body, str):
+        body = redactor.body(body.encode("utf-8")).decode("utf-8", "replace")
+    elif isinstance(body, bytes):
+        body = redactor.body(body)
+    headers = {k: redactor.text(str(v)) for k, v in request.headers.items() if not credential(str(k))}
+    return Request(request.method, redactor.url(str(request.uri)), body, headers)
+
+
+def _safe_vcr_response(response: Mapping[str, Any], redactor: Redactor, credential: Callable[[str], bool]) -> Any:
+    headers = {
+        k: [redactor.text(str(v)) for v in (values if isinstance(values, list) else [values])]
+        for k, values in (response.get("headers") or {}).items()
+        if not credential(str(k))
+    }
+    body = dict(response.get("body") or {})
+    raw = body.get("string")
+    if isinstance(raw, str):
+        body["string"] = redactor.body(raw.encode("utf-8")).decode("utf-8", "replace")
+    elif isinstance(raw, bytes) and raw:
+        encoding = {k.lower(): v for k, v in headers.items()}.get("content-encoding", [])
+        plain = raw
+        if encoding:
+            from .cassette import _decompress
+
+            try:
+                plain = _decompress(raw, list(encoding), Path("<pytest-recording>"), 0)
+            except CassetteError:  # an unreadable body stays as it is (the final check still runs)
+                plain = raw
+        redacted = redactor.body(plain)
+        if redacted != plain:
+            headers = {k: v for k, v in headers.items() if k.lower() not in ("content-encoding", "content-length")}
+            headers["content-length"] = [str(len(redacted))]
+            body["string"] = redacted
+    return {**response, "headers": headers, "body": body}
