@@ -55,6 +55,7 @@ _SECRET_QUERY = re.compile(r"key|token|secret|passw|credential|auth|sig|session"
 # them in document order and are redacted one by one.
 _PROSE_KEYS = frozenset({"text", "thinking", "content", "system", "partial_json"})
 # Stream deltas whose strings are pieces of one text.
+_END = 4
 _DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
 
 
@@ -101,6 +102,9 @@ def encoded_forms(value: str) -> list[tuple[str, str]]:
     forms.append(("".join(f"%{b:02X}" for b in data), "percent-encoded"))
     forms.append(("".join(f"%{b:02x}" for b in data), "percent-encoded"))
     forms.extend(_b64_middles(data))
+    # Each form as it appears inside a JSON string on the wire (a \u-escaped text in a prompt is
+    # sent with its backslashes escaped).
+    forms.extend((json.dumps(text, ensure_ascii=False)[1:-1], f"{name} in a JSON string") for text, name in list(forms))
     seen: set[str] = set()
     unique = []
     for text, name in forms:
@@ -123,6 +127,8 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._bytes_pattern: re.Pattern[bytes] | None = None
         self._forms: dict[str, tuple[str, str]] = {}
+        self._ends: set[str] = set()
+        self._ends_pattern: re.Pattern[str] | None = None
         for value, source in (secrets or {}).items():
             self.add(value, source)
 
@@ -167,8 +173,11 @@ class Redactor:
         for text, encoding in encoded_forms(value):
             if len(text) >= MIN_SECRET_LENGTH:
                 self._forms.setdefault(text, (source, encoding))
+        for text in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
+            self._ends.update((text[:_END], text[-_END:]))
         self._pattern = None
         self._bytes_pattern = None
+        self._ends_pattern = None
         return True
 
     def update(self, other: Redactor | Mapping[str, str]) -> None:
@@ -326,7 +335,17 @@ class Redactor:
             redacted = self._json(text, redacted)
         return redacted.encode("utf-8") if redacted != text else raw
 
+    def _maybe_split(self, text: str) -> bool:
+        """Whether ``text`` could hold a secret split over strings: a split leaves the secret's
+        first or last 4 characters whole in one of them (a body's strings are whole blocks and
+        messages; streams, whose deltas can be shorter, are always read as one text)."""
+        if self._ends_pattern is None:
+            self._ends_pattern = re.compile("|".join(re.escape(e) for e in sorted(self._ends, key=len, reverse=True)))
+        return self._ends_pattern.search(text) is not None
+
     def _json(self, original: str, redacted: str) -> str:
+        if redacted == original and not self._maybe_split(original):
+            return redacted  # the hot path (replay compares every request): no parse
         try:
             value = json.loads(redacted)
         except ValueError:

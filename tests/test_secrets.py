@@ -54,6 +54,7 @@ WAYS = (
     Way("api_key= passed in code, echoed in a body and in a changed prompt", _canary("code")),
     Way("env var named by token_budget_secret_env", _canary("named"), "MYCO_PARTNER"),
     Way("auth token in a cassette pytest-recording writes", _canary("vcr", special=False)),
+    Way("env token in a failing test's assertion message and captured output", _canary("printed"), "PRINTED_TOKEN"),
 )
 _BY_NAME = {way.name: way for way in WAYS}
 
@@ -62,7 +63,7 @@ def _secret(fragment: str) -> str:
     return next(way.secret for way in WAYS if fragment in way.name)
 
 
-AGENT = textwrap.dedent('''
+AGENT = textwrap.dedent("""
     import base64
     import os
     from urllib.parse import quote
@@ -176,6 +177,13 @@ AGENT = textwrap.dedent('''
         ask("partner is " + value)
 
 
+    def test_prints(anthropic_emulator):
+        token = os.environ["PRINTED_TOKEN"]
+        print("the token is", token)
+        ask("hello")
+        assert os.environ.get("PROMPT_VERSION", "1") == "1", f"token {token} rejected"
+
+
     @pytest.fixture
     def vcr_config():
         return {"match_on": ["method", "path"]}
@@ -185,9 +193,9 @@ AGENT = textwrap.dedent('''
     def test_vcr(anthropic_emulator):
         anthropic_emulator.script(Reply.text("token " + VCR_TOKEN))
         ask("my token is " + VCR_TOKEN, client=anthropic.Anthropic(api_key=None, auth_token=VCR_TOKEN))
-''')
+""")
 
-INI = "[pytest]\ntoken_budget_secret_env = MYCO_*\n"
+INI = "[pytest]\ntoken_budget_secret_env = MYCO_*\njunit_logging = all\n"
 _INPUTS = {"test_leaky.py", "conftest.py", "pytest.ini"}
 
 
@@ -197,6 +205,7 @@ class Written:
 
     files: dict[str, bytes]
     outputs: dict[str, str]
+    returncodes: dict[str, int]
 
 
 def _run(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -227,7 +236,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "PYTEST_", "TB_"))}
     env.update({way.env: way.secret for way in WAYS if way.env})
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # the test module's bytecode holds its literals: not ours
-    outputs = {}
+    outputs, codes = {}, {}
     record = _run(
         project,
         env,
@@ -238,8 +247,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
         "--token-budget-md=record.md",
         "--junitxml=junit-record.xml",
     )
-    outputs["record"] = record.stdout + record.stderr
-    assert record.returncode == 0, outputs["record"]
+    outputs["record"], codes["record"] = record.stdout + record.stderr, record.returncode
     replay_env = {**env, "PHASE": "replay", "TB_BLOCK_NETWORK": "1"}
     replay = _run(
         project,
@@ -250,8 +258,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
         "--token-budget-md=replay.md",
         "--junitxml=junit-replay.xml",
     )
-    outputs["replay"] = replay.stdout + replay.stderr
-    assert replay.returncode == 0, outputs["replay"]
+    outputs["replay"], codes["replay"] = replay.stdout + replay.stderr, replay.returncode
     changed_env = {**replay_env, "PROMPT_VERSION": "2"}
     judged = _run(
         project,
@@ -262,16 +269,17 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
         "--token-budget-md=changed.md",
         "--junitxml=junit-changed.xml",
     )
-    outputs["changed, judged"] = judged.stdout + judged.stderr
-    mismatch = _run(project, changed_env, "--block-network", "--junitxml=junit-mismatch.xml", "-k", "api_key_in_code")
-    outputs["changed, mismatch"] = mismatch.stdout + mismatch.stderr
-    assert mismatch.returncode == 1, outputs["changed, mismatch"]
+    outputs["changed, judged"], codes["changed, judged"] = judged.stdout + judged.stderr, judged.returncode
+    mismatch = _run(
+        project, changed_env, "--block-network", "--junitxml=junit-mismatch.xml", "-k", "api_key_in_code or prints"
+    )
+    outputs["changed, mismatch"], codes["changed, mismatch"] = mismatch.stdout + mismatch.stderr, mismatch.returncode
     files = {
         str(path.relative_to(project)): path.read_bytes()
         for path in sorted(project.rglob("*"))
         if path.is_file() and path.name not in _INPUTS
     }
-    return Written(files, outputs)
+    return Written(files, outputs, codes)
 
 
 def _forms(secret: str) -> dict[str, bytes]:
@@ -292,11 +300,21 @@ def _forms(secret: str) -> dict[str, bytes]:
     return forms
 
 
+@pytest.mark.parametrize(
+    ("run", "code"), [("record", 0), ("replay", 0), ("changed, judged", 1), ("changed, mismatch", 1)]
+)
+def test_the_runs_end_as_expected(written: Written, run: str, code: int) -> None:
+    """Recording and replaying pass (the redacted streams replay through the SDK; the replayed
+    tests assert they read ``<redacted>``); with the changed prompt ``test_prints`` fails (its
+    message holds a secret), and unjudged the changed request fails with the mismatch."""
+    assert written.returncodes[run] == code, written.outputs[run]
+
+
 def test_the_runs_wrote_every_kind_of_file(written: Written) -> None:
     """The scan covers cassettes (ours and pytest-recording's), baseline, reports, junit and the cache."""
     names = set(written.files)
     cassettes = {n for n in names if n.startswith("cassettes/")}
-    assert len(cassettes) == 14
+    assert len(cassettes) == 15
     assert "tokenbudget-baseline.json" in names
     assert {"record.json", "record.md", "replay.json", "replay.md", "changed.json", "changed.md"} <= names
     assert {"junit-record.xml", "junit-replay.xml", "junit-changed.xml", "junit-mismatch.xml"} <= names
@@ -304,8 +322,11 @@ def test_the_runs_wrote_every_kind_of_file(written: Written) -> None:
     mismatch = written.files["junit-mismatch.xml"].decode()
     assert "a request departs from its recording" in mismatch
     assert "v2: my key is &lt;redacted&gt;" in mismatch  # the excerpt is there, redacted
+    assert "token &lt;redacted&gt; rejected" in mismatch  # the user's own assertion message
+    assert "the token is &lt;redacted&gt;" in mismatch  # captured output (junit_logging = all)
     vcr = written.files["cassettes/test_leaky/test_vcr.yaml"].decode().lower()
-    assert "authorization" not in vcr and "x-api-key" not in vcr
+    assert "authorization" not in vcr
+    assert "x-api-key" not in vcr
 
 
 @pytest.mark.parametrize("way", [way.name for way in WAYS])
