@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._redact import EMULATOR_API_KEY
 from ._session import RunSession, TestRun
 from ._settings import UsageProblem, add_pytest_options, resolve
 from .budgets import BUDGET_KEYS, Budget
@@ -202,7 +203,7 @@ def anthropic_emulator(
 
     emulator = AnthropicEmulator().start()
     monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", os.environ.get("ANTHROPIC_API_KEY") or "emulator-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", os.environ.get("ANTHROPIC_API_KEY") or EMULATOR_API_KEY)
     if _tokenbudget_recorder is not None:
         _tokenbudget_recorder.clock = emulator.clock.now
     try:
