@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._redact import Redactor
 from .errors import ReplayInterrupt, TokenBudgetError, TokenBudgetWarning
 from .record import (
     Recorder,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "RunSession", "TestRun"]
 
-_WIRE_VERSION = 2
+_WIRE_VERSION = 3
 
 
 class Outcome(enum.IntEnum):
@@ -100,6 +101,8 @@ class RunSession:
             baseline (under xdist, the controller's record of its workers' reports).
         lines: what the session says at its end, set by :meth:`finish`.
         suite: the suite budget's verdict, set by :meth:`finish` (``None``: no suite budget).
+        redactor: every secret seen in the session (environment, headers, URLs; under xdist,
+            the workers' too): every file written and every line printed goes through it.
     """
 
     settings: Settings
@@ -110,6 +113,7 @@ class RunSession:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     suite: SuiteVerdict | None = None
+    redactor: Redactor = field(default_factory=Redactor)
     _pricer: Pricer | None = None
     _update_lines: list[GateLine] = field(default_factory=list)
 
@@ -120,7 +124,7 @@ class RunSession:
         Raises:
             TokenBudgetError: a price file or the baseline cannot be read.
         """
-        session = cls(settings)
+        session = cls(settings, redactor=Redactor.from_environment(names=settings.secret_env))
         if settings.report:
             from .baseline import load_baseline
 
@@ -182,6 +186,7 @@ class RunSession:
             mode=settings.record_mode,
             continue_on_mismatch=settings.report,
             allow_unused=settings.allow_unused,
+            redactor=self.redactor,
         )
         return TestRun(recorder)
 
@@ -273,7 +278,7 @@ class RunSession:
         need them, and they are most of a long run's bytes)."""
         results = [_lean(result) for result in self.results.values()]
         return pickle.dumps(
-            (_WIRE_VERSION, results, sorted(self.collected), sorted(self.deselected)),
+            (_WIRE_VERSION, results, sorted(self.collected), sorted(self.deselected), self.redactor.secrets),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -283,7 +288,8 @@ class RunSession:
         version, *rest = pickle.loads(payload)
         if version != _WIRE_VERSION:  # pragma: no cover - workers run this same code
             raise RuntimeError(f"tokenbudget: xdist worker sent wire version {version}, expected {_WIRE_VERSION}")
-        results, collected, deselected = rest
+        results, collected, deselected, secrets = rest
+        self.redactor.update(secrets)
         self.collected.update(collected)
         self.deselected.update(deselected)
         for result in results:
@@ -312,6 +318,7 @@ class RunSession:
             markdown_path=settings.markdown_path,
             verbose=settings.verbose,
             html_path=settings.html_path,
+            redact=self.redactor.text,
         )
 
     def coverage(self) -> Coverage | None:
@@ -442,6 +449,22 @@ class RunSession:
         ]
         where = self.settings.display_path(self.settings.baseline_path or Path())
         return verdict_lines(self.baseline, judged, where)
+
+    def redact_report(self, report: Any) -> None:
+        """Redact every secret seen in the session from a pytest report: its failure text, its
+        captured output and its properties (what the terminal, junit.xml and xdist carry)."""
+        redactor = self.redactor
+        if not len(redactor):
+            return
+        longrepr = report.longrepr
+        if isinstance(longrepr, str):
+            report.longrepr = redactor.text(longrepr)
+        elif longrepr is not None and redactor.find(str(longrepr)):
+            report.longrepr = redactor.text(str(longrepr))  # the traceback's structure is lost, not its text
+        report.sections = [(title, redactor.text(content)) for title, content in report.sections]
+        report.user_properties = [
+            (name, redactor.text(value) if isinstance(value, str) else value) for name, value in report.user_properties
+        ]
 
     def properties(self, nodeid: str) -> list[tuple[str, Any]]:
         """JUnit XML properties of a test's numbers (none when it made no API turn)."""

@@ -161,6 +161,17 @@ OPTIONS: tuple[Option, ...] = (
         metavar="KEY=VALUE",
     ),
     Option(
+        "secret-env",
+        "an environment variable whose value is a secret, whatever its name (a name or a pattern such as "
+        "MYCO_*; repeatable): redacted from cassettes, reports and test output like *KEY*, *TOKEN*...",
+        action="append",
+        metavar="NAME",
+        ini="token_budget_secret_env",
+        ini_help="environment variables (names or patterns) whose values are secrets, one per line",
+        ini_type="linelist",
+        ini_default=[],
+    ),
+    Option(
         "json",
         "write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
         metavar="PATH",
@@ -266,6 +277,8 @@ class Settings:
             (``file.py::test``): the baseline update prunes nothing in them.
         suite: the suite's budget: the config file's ``suite`` section, its thresholds replaced
             by ``--token-budget-suite-fail`` or the ini key when given.
+        secret_env: environment variables (names or patterns) whose values are secrets besides
+            those named like credentials.
     """
 
     record_mode: RecordMode
@@ -289,6 +302,7 @@ class Settings:
     suite: SuiteBudget = field(default_factory=SuiteBudget)
     overrides: Budget = field(default_factory=Budget)
     """``--token-budget-threshold``: budget keys over every test's marker and config file."""
+    secret_env: tuple[str, ...] = ()
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -388,6 +402,11 @@ def resolve(config: pytest.Config) -> Settings:
         partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
         suite=budgets.suite if thresholds is None else replace(budgets.suite, fail_on=thresholds),
         overrides=parse_overrides(config.getoption("token_budget_threshold") or [], where="--token-budget-threshold"),
+        secret_env=tuple(
+            name.strip()
+            for name in config.getoption("token_budget_secret_env") or config.getini("token_budget_secret_env")
+            if name.strip()
+        ),
     )
 
 

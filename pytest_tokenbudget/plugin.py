@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._redact import EMULATOR_API_KEY
 from ._session import RunSession, TestRun
 from ._settings import UsageProblem, add_pytest_options, resolve
 from .budgets import BUDGET_KEYS, Budget
@@ -204,7 +205,7 @@ def anthropic_emulator(
 
     emulator = AnthropicEmulator().start()
     monkeypatch.setenv("ANTHROPIC_BASE_URL", emulator.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", os.environ.get("ANTHROPIC_API_KEY") or "emulator-key")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", os.environ.get("ANTHROPIC_API_KEY") or EMULATOR_API_KEY)
     if _tokenbudget_recorder is not None:
         _tokenbudget_recorder.clock = emulator.clock.now
     try:
@@ -227,14 +228,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     """Show our failures as their message, without a traceback (and, in CI, the GitHub annotations
-    to print, carried on the report so that the xdist controller prints them)."""
+    to print, carried on the report so that the xdist controller prints them); no secret seen in
+    the session reaches the report (terminal, junit.xml)."""
     report = yield
-    if call.excinfo is not None and isinstance(call.excinfo.value, ReplayInterrupt):
-        message = call.excinfo.value.error.render()
+    session = item.config.stash.get(_SESSION, None)
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, ReplayInterrupt | TokenBudgetError):
+        message = (error.error if isinstance(error, ReplayInterrupt) else error).render()
+        if session is not None:
+            message = session.redactor.text(message)
         report.longrepr = message
         report.outcome = "failed"
         if os.environ.get("GITHUB_ACTIONS") == "true":
             report.tokenbudget_annotations = _annotations(item, message)
+    if session is not None:
+        session.redact_report(report)
     return report
 
 
@@ -296,6 +304,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         pytest.exit(error.render(), returncode=pytest.ExitCode.USAGE_ERROR)
     if run.fails_session and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the suite budget is broken
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_recording_configure(config: pytest.Config, vcr: Any) -> None:
+    """pytest-recording: its cassettes are written through :class:`~pytest_tokenbudget.record.SafePersister`
+    (credential headers dropped, the session's secrets redacted, a leak refused)."""
+    from .record import SafePersister
+
+    session = config.stash.get(_SESSION, None)
+    if session is not None and not isinstance(vcr.persister, SafePersister):
+        vcr.register_persister(SafePersister(vcr.persister, session.redactor))
 
 
 @pytest.hookimpl(optionalhook=True)

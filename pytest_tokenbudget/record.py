@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ._modes import RecordMode
-from .cassette import REDACTED, Body, Cassette, Interaction
-from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
+from ._redact import PLACEHOLDER_API_KEY, Redactor
+from .cassette import Body, Cassette, Interaction
+from .errors import CassetteError, MissingRecording, ReplayInterrupt, RequestMismatch
 
 if TYPE_CHECKING:
     # The cassette reader and writer, the ledger and the prefix comparison load when first
@@ -53,6 +54,7 @@ __all__ = [
     "RecordMode",
     "Recorder",
     "Route",
+    "SafePersister",
     "accept_command",
     "cassette_path",
     "clear_placeholder_key",
@@ -67,18 +69,14 @@ __all__ = [
     "unrouted_clients",
 ]
 
-PLACEHOLDER_API_KEY = "tokenbudget-replay-placeholder"
-_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 _LOOKAHEAD = 32
-_REDACTED_BYTES = REDACTED.encode("utf-8")
 _RETRYABLE = frozenset({408, 409, 429})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-\[\]=,+@]")
 
 
 def secrets_from_environment(environ: Mapping[str, str] | None = None) -> set[str]:
     """Values of environment variables that look like credentials (8 characters or more)."""
-    environ = os.environ if environ is None else environ
-    return {v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= 8 and v != PLACEHOLDER_API_KEY}
+    return set(Redactor.from_environment(environ).secrets)
 
 
 def is_anthropic_request(uri: str, headers: Mapping[str, Any]) -> bool:
@@ -258,6 +256,8 @@ class Recorder:
         allow_unused: do not complain about recordings the test did not replay.
         record_command: the command line that re-records this test (shown in errors).
         clock: returns the current time; the emulator fixture installs its clock here.
+        redactor: the session's redactor (shared by every test, so every report redacts every
+            secret any test saw); a fresh one by default.
     """
 
     def __init__(
@@ -271,6 +271,7 @@ class Recorder:
         allow_unused: bool = False,
         record_command: Callable[[str], str] = lambda mode: f"--token-budget-record={mode}",
         clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
     ) -> None:
         self.cassette_path = Path(path)
         self.test = test
@@ -280,13 +281,13 @@ class Recorder:
         self.allow_unused = allow_unused
         self.record_command = record_command
         self.clock = clock
-        self._secrets: set[str] | None = None
+        self._redactor = redactor if redactor is not None else Redactor()
+        self._read_environment = False
         self.exchanges: list[Interaction] = []
         self.recorded: list[Interaction] = []
         self.departures: list[Departure] = []
         self.errors: list[ReplayInterrupt] = []
         self._bypass = False
-        self._secret_bytes: list[bytes] = []
         self._ledger: tuple[int, Ledger] | None = None
         self._lock = threading.RLock()
         self._pending: dict[int, _Decision] = {}
@@ -298,12 +299,25 @@ class Recorder:
             self._queues.setdefault((interaction.method, interaction.path), deque()).append(interaction.index)
 
     @property
+    def redactor(self) -> Redactor:
+        """What is redacted from what is recorded: credential-like environment variables (and
+        those the config names), read at the test's first request (or save), and the keys,
+        passwords and credential query values the test sent (headers, URL)."""
+        if not self._read_environment:
+            self._read_environment = True
+            self._redactor.read_environment()
+        return self._redactor
+
+    @property
     def secrets(self) -> set[str]:
-        """Values redacted from what is recorded: credential-like environment variables, read at
-        the test's first request (or save), and the keys the test sent."""
-        if self._secrets is None:
-            self._secrets = secrets_from_environment()
-        return self._secrets
+        """The secret values :attr:`redactor` knows."""
+        return set(self.redactor.secrets)
+
+    def _learn(self, request: Any) -> None:
+        """Learn the credentials a request carries (headers, URL userinfo and query)."""
+        redactor = self.redactor
+        redactor.harvest_headers(request.headers)
+        redactor.harvest_url(str(request.uri))
 
     # ------------------------------------------------------------------ vcrpy's cassette API
 
@@ -371,10 +385,7 @@ class Recorder:
         if not self._ours(request):
             return
         headers = _headers_of(request)
-        for name in ("authorization", "x-api-key", "api-key"):
-            value = headers.get(name)
-            if value:
-                self.secrets.add(value.removeprefix("Bearer ").strip())
+        self._learn(request)
         response_headers = {str(k).lower(): [str(v) for v in values] for k, values in response["headers"].items()}
         raw = response["body"]["string"] or b""
         if isinstance(raw, str):
@@ -414,6 +425,7 @@ class Recorder:
         started = round(self.clock(), 6)
         method = str(request.method).upper()
         path = urlsplit(request.uri).path
+        self._learn(request)
         body = self._redacted(_body_of(request))
         if self.mode is RecordMode.ALL:
             return _Decision(None, started)
@@ -438,14 +450,9 @@ class Recorder:
         raise AssertionError("unreachable")
 
     def _redacted(self, body: bytes) -> bytes:
-        # Cassettes hold "<redacted>" where a secret was; compare like with like. The encoded
-        # secrets are kept between requests (replay's hot path) and renewed when the set grows.
-        if len(self._secret_bytes) != len(self.secrets):
-            self._secret_bytes = [secret.encode("utf-8") for secret in self.secrets]
-        for secret in self._secret_bytes:
-            if secret in body:
-                body = body.replace(secret, _REDACTED_BYTES)
-        return body
+        # Cassettes hold "<redacted>" where a secret was; compare like with like (the writer
+        # redacts bodies with this same function).
+        return self.redactor.body(body)
 
     def _exact(self, queue: deque[int], body: bytes) -> int | None:
         for position, index in enumerate(queue):
@@ -559,7 +566,7 @@ class Recorder:
         renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
         from .cassette import save_cassette
 
-        save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
+        save_cassette(self.cassette_path, renumbered, redactor=self.redactor, test=self.test)
         return True
 
     @contextmanager
@@ -780,7 +787,13 @@ def accept_command(nodeids: Sequence[str], *, measure: bool) -> str:
 
 
 def open_recorder(
-    path: Path, *, test: str, mode: RecordMode, continue_on_mismatch: bool, allow_unused: bool
+    path: Path,
+    *,
+    test: str,
+    mode: RecordMode,
+    continue_on_mismatch: bool,
+    allow_unused: bool,
+    redactor: Redactor | None = None,
 ) -> Recorder:
     """A recorder for one test, its cassette loaded when it exists (and is not re-recorded).
 
@@ -791,6 +804,7 @@ def open_recorder(
         continue_on_mismatch: a request that departs from its recording is replayed anyway and
             noted (``--token-budget`` judges it); otherwise it fails the test.
         allow_unused: do not fail a test that leaves recordings unplayed.
+        redactor: the session's redactor.
 
     Raises:
         CassetteError: the cassette exists but cannot be read.
@@ -808,6 +822,7 @@ def open_recorder(
         on_mismatch="continue" if continue_on_mismatch else "fail",
         allow_unused=allow_unused,
         record_command=lambda record_mode: record_command(test, record_mode),
+        redactor=redactor,
     )
 
 
@@ -903,3 +918,94 @@ def unrouted_clients() -> list[str]:
     """HTTP client libraries the running test loaded without an ``import`` statement before the
     recorder could follow them (``importlib.import_module``): their calls were not recorded."""
     return _DISPATCHER.missed_clients()
+
+
+class SafePersister:
+    """A vcrpy persister for cassettes pytest-recording writes beside ours: before the file is
+    written, credential headers are dropped (``authorization``, ``x-api-key``, cookies...: a
+    default ``filter_headers``), and every secret the session knows, and those the requests
+    carry, is redacted from URLs, header values and bodies (compressed bodies are stored
+    decompressed when they held one). A cassette in which a secret still survives is refused,
+    naming the file, the secret's source and the fix.
+
+    Args:
+        inner: the persister it writes through (vcrpy's ``FilesystemPersister`` by default).
+        redactor: the session's redactor.
+        test: the test's node id (named in the refusal).
+    """
+
+    def __init__(self, inner: Any, redactor: Redactor, test: str | None = None) -> None:
+        self.inner = inner
+        self.redactor = redactor
+        self.test = test
+
+    def load_cassette(self, cassette_path: Any, serializer: Any) -> Any:
+        return self.inner.load_cassette(cassette_path, serializer=serializer)
+
+    def save_cassette(self, cassette_path: Any, cassette_dict: Mapping[str, Any], serializer: Any) -> None:
+        from vcr.serialize import serialize
+
+        from ._redact import is_credential_header
+
+        redactor = self.redactor
+        redactor.read_environment()
+        requests = list(cassette_dict.get("requests", []))
+        for request in requests:
+            redactor.harvest_headers(dict(request.headers))
+            redactor.harvest_url(str(request.uri))
+        safe = {
+            "requests": [_safe_vcr_request(r, redactor, is_credential_header) for r in requests],
+            "responses": [_safe_vcr_response(r, redactor, is_credential_header) for r in cassette_dict["responses"]],
+        }
+        found = redactor.find(serialize(safe, serializer))
+        if found:
+            raise CassetteError(
+                "refusing to write a pytest-recording cassette that contains a secret",
+                file=str(cassette_path),
+                test=self.test,
+                why=f"the value of {', '.join(sorted({f.source for f in found}))} survives redaction "
+                f"({found[0].encoding}); nothing was written",
+                fix="keep the secret out of what the test sends and receives, or add a before_record_request/"
+                "before_record_response filter to vcr_config that removes it",
+            )
+        self.inner.save_cassette(cassette_path, safe, serializer=serializer)
+
+
+def _safe_vcr_request(request: Any, redactor: Redactor, credential: Callable[[str], bool]) -> Any:
+    from vcr.request import Request
+
+    body = request.body
+    if isinstance(body, str):
+        body = redactor.body(body.encode("utf-8")).decode("utf-8", "replace")
+    elif isinstance(body, bytes):
+        body = redactor.body(body)
+    headers = {k: redactor.text(str(v)) for k, v in request.headers.items() if not credential(str(k))}
+    return Request(request.method, redactor.url(str(request.uri)), body, headers)
+
+
+def _safe_vcr_response(response: Mapping[str, Any], redactor: Redactor, credential: Callable[[str], bool]) -> Any:
+    headers = {
+        k: [redactor.text(str(v)) for v in (values if isinstance(values, list) else [values])]
+        for k, values in (response.get("headers") or {}).items()
+        if not credential(str(k))
+    }
+    body = dict(response.get("body") or {})
+    raw = body.get("string")
+    if isinstance(raw, str):
+        body["string"] = redactor.body(raw.encode("utf-8")).decode("utf-8", "replace")
+    elif isinstance(raw, bytes) and raw:
+        encoding = {k.lower(): v for k, v in headers.items()}.get("content-encoding", [])
+        plain = raw
+        if encoding:
+            from .cassette import _decompress
+
+            try:
+                plain = _decompress(raw, list(encoding), Path("<pytest-recording>"), 0)
+            except CassetteError:  # an unreadable body stays as it is (the final check still runs)
+                plain = raw
+        redacted = redactor.body(plain)
+        if redacted != plain:
+            headers = {k: v for k, v in headers.items() if k.lower() not in ("content-encoding", "content-length")}
+            headers["content-length"] = [str(len(redacted))]
+            body["string"] = redacted
+    return {**response, "headers": headers, "body": body}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-REDACTED = "<redacted>"  # what a secret is replaced with in a written cassette
+from .._redact import REDACTED as REDACTED  # what a secret is replaced with in a written cassette
 
 FORMAT = "pytest-tokenbudget/1"
 

@@ -5,7 +5,9 @@ request that extends an earlier one (an agent turn re-sends the transcript and a
 stored as ``extends: N`` plus the few operations that turn request N into this one
 (:func:`diff_ops`), so a cassette grows with the transcript, not with its square. Every stored
 body is checked to rebuild byte for byte when written; one that would not is stored verbatim.
-Only an allow list of headers is written, and secrets are replaced by ``<redacted>``.
+Only an allow list of headers is written, and secrets are replaced by ``<redacted>`` (by the
+session's :class:`~pytest_tokenbudget._redact.Redactor`: bodies as they are meant, streams
+included, header values, URL userinfo and query values); a file in which one survives is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import base64
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,10 @@ from typing import Any
 import yaml
 
 from .._atomic import write_atomic
+from .._redact import Redactor
 from ..errors import CassetteError
 from ..prefix import format_path
-from ._model import _STYLES, FORMAT, REDACTED, Body, Interaction, _encode, apply_ops
+from ._model import _STYLES, FORMAT, Body, Interaction, _encode, apply_ops
 
 _HEADER_COMMENT = (
     "# Recorded by pytest-tokenbudget; replayed offline by its pytest plugin.\n"
@@ -43,7 +47,7 @@ _KEEP_REQUEST_HEADERS = (
     "x-stainless-stream-helper",
 )
 _KEEP_RESPONSE_HEADERS = ("content-type", "retry-after", "retry-after-ms", "x-should-retry")
-_LOOPBACK = re.compile(r"^(https?://)(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
+_LOOPBACK = re.compile(r"^(https?://(?:[^@/]*@)?)(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/|$)")
 
 # --------------------------------------------------------------------------------------------
 # structural deltas
@@ -190,47 +194,71 @@ def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _redactor(secrets: Iterable[str]) -> Callable[[Any], Any]:
-    values = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
-    if not values:
+def _scrubber(redactor: Redactor) -> Callable[[Any], Any]:
+    if not len(redactor):
         return lambda value: value
-    pattern = re.compile("|".join(re.escape(v) for v in values))
-
-    def scrub(value: Any) -> Any:
-        if isinstance(value, str):
-            return pattern.sub(REDACTED, value) if pattern.search(value) else value
-        if isinstance(value, dict):
-            return {scrub(k): scrub(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        return value
-
-    return scrub
+    return lambda value: redactor.text(value) if isinstance(value, str) else redactor.value(value)
 
 
-def dump_cassette(interactions: Sequence[Interaction], *, secrets: Iterable[str] = ()) -> str:
+def _redacted(interaction: Interaction, redactor: Redactor) -> Interaction:
+    """The interaction with its bodies redacted as they are meant (streams, split values, encodings)."""
+    request = redactor.body(interaction.request_body.raw)
+    response = redactor.body(interaction.response_body.raw)
+    if request is interaction.request_body.raw and response is interaction.response_body.raw:
+        return interaction
+    return replace(interaction, request_body=Body(request), response_body=Body(response))
+
+
+def _refusal(text: str, redactor: Redactor) -> CassetteError | None:
+    """The writer's refusal when a known secret survives redaction: where, whose, and the fix."""
+    found = redactor.find(text)
+    if not found:
+        return None
+    first = found[0]
+    line = text.count("\n", 0, first.offset) + 1
+    sources = sorted({f.source for f in found})
+    return CassetteError(
+        "refusing to write a cassette that contains a secret",
+        why=f"the value of {', '.join(sources)} survives redaction ({first.encoding}) at line {line}, e.g. inside "
+        "a binary body; nothing was written",
+        fix="keep the secret out of what the test sends and receives (or record this test with "
+        "@pytest.mark.token_budget(record=False))",
+    )
+
+
+def dump_cassette(
+    interactions: Sequence[Interaction], *, secrets: Iterable[str] = (), redactor: Redactor | None = None
+) -> str:
     """Serialise interactions in our format.
 
     Args:
         interactions: what to write, in order.
         secrets: literal values (API keys...) to replace by ``<redacted>`` anywhere in the text.
+        redactor: the session's redactor (it learns the credentials the interactions' headers
+            and URLs carry); a new one by default.
 
     Raises:
         CassetteError: a secret would still be written (e.g. inside an undecodable body).
     """
-    secret_list = [s for s in secrets if s and len(s) >= 8]
-    scrub = _redactor(secret_list)
+    redactor = Redactor() if redactor is None else redactor
+    for secret in secrets:
+        redactor.add(secret, "given secret")
+    for interaction in interactions:  # all first: a key sent in turn 3 is redacted in turn 0 too
+        redactor.harvest_headers(interaction.request_headers)
+        redactor.harvest_url(interaction.uri)
+    scrub = _scrubber(redactor)
     items: list[dict[str, Any]] = []
     last_request: dict[tuple[str, str], tuple[int, Any]] = {}
-    for position, interaction in enumerate(interactions):
+    for position, original in enumerate(interactions):
+        interaction = _redacted(original, redactor)
         key = (interaction.method, interaction.path)
         spec, value = _body_spec(interaction.request_body, True, last_request.get(key), scrub)
         if isinstance(value, dict):
             last_request[key] = (position, value)
-        request: dict[str, Any] = {"method": interaction.method, "uri": _normalise_uri(interaction.uri)}
+        request: dict[str, Any] = {"method": interaction.method, "uri": _normalise_uri(redactor.url(interaction.uri))}
         if interaction.recorded_at is not None:
             request["recorded_at"] = _iso(interaction.recorded_at)
-        request["headers"] = _headers_out(interaction.request_headers, _KEEP_REQUEST_HEADERS)
+        request["headers"] = scrub(_headers_out(interaction.request_headers, _KEEP_REQUEST_HEADERS))
         request["body"] = spec
         response_spec, _ = _body_spec(interaction.response_body, interaction.content_type.endswith("json"), None, scrub)
         response: dict[str, Any] = {"status": interaction.status}
@@ -238,25 +266,37 @@ def dump_cassette(interactions: Sequence[Interaction], *, secrets: Iterable[str]
             response["responded_at"] = _iso(interaction.responded_at)
         if interaction.reason and interaction.reason != "OK":
             response["reason"] = interaction.reason
-        response["headers"] = _headers_out(interaction.response_headers, _KEEP_RESPONSE_HEADERS)
+        response["headers"] = scrub(_headers_out(interaction.response_headers, _KEEP_RESPONSE_HEADERS))
         response["body"] = response_spec
         items.append({"request": request, "response": response})
     document = {"format": FORMAT, "interactions": items}
     text = _HEADER_COMMENT + yaml.dump(
         document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000, default_flow_style=False
     )
-    leaked = [s for s in secret_list if s in text]
-    if leaked:
-        raise CassetteError(
-            "refusing to write a cassette that contains a secret",
-            why=f"{len(leaked)} secret value(s) survive redaction (e.g. inside binary data)",
-            fix="keep API keys out of request and response bodies",
-        )
+    refusal = _refusal(text, redactor)
+    if refusal is not None:
+        raise refusal
     return text
 
 
-def save_cassette(path: Path | str, interactions: Sequence[Interaction], *, secrets: Iterable[str] = ()) -> None:
-    """Write a cassette atomically: the old file stays whole until the new one is complete."""
+def save_cassette(
+    path: Path | str,
+    interactions: Sequence[Interaction],
+    *,
+    secrets: Iterable[str] = (),
+    redactor: Redactor | None = None,
+    test: str | None = None,
+) -> None:
+    """Write a cassette atomically: the old file stays whole until the new one is complete.
+
+    Raises:
+        CassetteError: a secret would still be written (the file is named, nothing is written).
+    """
     path = Path(path)
-    text = dump_cassette(interactions, secrets=secrets)
+    try:
+        text = dump_cassette(interactions, secrets=secrets, redactor=redactor)
+    except CassetteError as error:
+        error.file = str(path)
+        error.test = error.test or test
+        raise
     write_atomic(path, text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .._atomic import write_atomic
@@ -25,23 +25,25 @@ def publish(
     markdown_path: Path | None = None,
     verbose: bool = False,
     html_path: Path | None = None,
+    redact: Callable[[str], str] = str,
 ) -> list[str]:
     """Write the report files asked for (atomically) and the job summary; return the terminal lines.
 
     ``$GITHUB_STEP_SUMMARY``, when set, gets the Markdown appended: GitHub collects the job
-    summary by appending to that file.
+    summary by appending to that file. Everything written and returned goes through ``redact``
+    (the session's redactor: no secret seen in the session reaches a report).
     """
     if json_path is not None:
-        write_atomic(json_path, json.dumps(report_json(report, gate), indent=2) + "\n")
+        write_atomic(json_path, redact(json.dumps(report_json(report, gate), indent=2) + "\n"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    markdown = render_markdown(report, gate=gate) if markdown_path is not None or summary else None
+    markdown = redact(render_markdown(report, gate=gate)) if markdown_path is not None or summary else None
     if markdown_path is not None and markdown is not None:
         write_atomic(markdown_path, markdown)
     if summary and markdown is not None:
         with Path(summary).open("a", encoding="utf-8") as handle:
             handle.write(markdown)
     if html_path is not None:
-        write_atomic(html_path, render_html(report, gate=gate))
+        write_atomic(html_path, redact(render_html(report, gate=gate)))
     lines = render_text(report, verbose=verbose)
     lines.extend(render_gate(gate))
     lines.extend(render_coverage(report.coverage))
@@ -51,4 +53,4 @@ def publish(
             lines.append(f"wrote {path}")
     while lines and not lines[0]:  # no report table above: start with what there is
         del lines[0]
-    return lines
+    return [redact(line) for line in lines]
