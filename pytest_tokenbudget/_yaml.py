@@ -27,6 +27,7 @@ known; each caller turns it into its own :class:`~pytest_tokenbudget.errors.Toke
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -96,7 +97,9 @@ def read_bytes(path: Path | str, *, max_bytes: int) -> bytes:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if size > max_bytes:
-                raise LoadProblem(f"the file is {size:,} bytes, over the {max_bytes:,}-byte limit for this kind of file")
+                raise LoadProblem(
+                    f"the file is {size:,} bytes, over the {max_bytes:,}-byte limit for this kind of file"
+                )
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise
@@ -140,11 +143,8 @@ def _loader_class(binary: bool) -> Any:
         return cached
     import yaml
 
-    try:
-        from yaml.cyaml import CParser as parser
-    except ImportError:  # PyYAML without libyaml
-        parser = None
-    if parser is None:
+    parser: Any = getattr(importlib.import_module("yaml.cyaml"), "CParser", None) if yaml.__with_libyaml__ else None
+    if parser is None:  # PyYAML without libyaml
         from yaml.composer import Composer
         from yaml.parser import Parser
         from yaml.reader import Reader
@@ -333,7 +333,8 @@ def parse_json(text: str | bytes, *, max_depth: int) -> Any:
     except RecursionError:
         raise LoadProblem(f"nested more than {max_depth} levels deep") from None
     except json.JSONDecodeError as err:
-        raise LoadProblem(f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})", line=err.lineno, offset=err.pos) from None
+        where = f"line {err.lineno}, column {err.colno}"
+        raise LoadProblem(f"invalid JSON: {err.msg} ({where})", line=err.lineno, offset=err.pos) from None
     except ValueError as err:  # bytes that are not UTF-8
         raise LoadProblem(f"invalid JSON: {err}") from None
     check_depth(data, max_depth)

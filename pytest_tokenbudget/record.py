@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from ._modes import RecordMode
 from .cassette import REDACTED, Body, Cassette, Interaction
-from .errors import MissingRecording, ReplayInterrupt, RequestMismatch
+from .errors import CassetteError, MissingRecording, ReplayInterrupt, RequestMismatch, TokenBudgetError
 
 if TYPE_CHECKING:
     # The cassette reader and writer, the ledger and the prefix comparison load when first
@@ -345,6 +345,7 @@ class Recorder:
             interaction = decision.play
             if interaction is None:
                 raise RuntimeError("vcrpy asked to play a request the recorder chose to record")
+            self._check_playable(interaction)
             # A request equal to its recording keeps the recording's body: its parsed JSON shares
             # the transcript with the turns before it, so the ledger and the cache analysis work
             # on shared structure instead of re-parsing every turn's whole body.
@@ -461,7 +462,23 @@ class Recorder:
         self._played.add(index)
         return self._recordings[index]
 
-    def _raise(self, error: MissingRecording | RequestMismatch) -> None:
+    def _check_playable(self, interaction: Interaction) -> None:
+        """Fail the test, naming the cassette, rather than hand the SDK a corrupt recording (issue 16)."""
+        from .ledger import playback_problem
+
+        problem = playback_problem(interaction)
+        if problem is not None:
+            self._raise(
+                CassetteError(
+                    "cassette cannot be replayed",
+                    file=str(self.cassette_path),
+                    test=self.test,
+                    why=f"{problem}: the recorded response is corrupt",
+                    fix=f"re-record it: {self.record_command('all')}",
+                )
+            )
+
+    def _raise(self, error: TokenBudgetError) -> None:
         interrupt = ReplayInterrupt(error)
         self.errors.append(interrupt)
         raise interrupt

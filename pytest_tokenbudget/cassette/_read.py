@@ -32,7 +32,6 @@ from .._yaml import MAX_CASSETTE_BYTES, MAX_CASSETTE_DEPTH, LoadProblem, parse_j
 from ..errors import CassetteError
 from ._model import _STYLES, FORMAT, Body, Cassette, Interaction, _Encoder, apply_ops
 
-
 # --------------------------------------------------------------------------------------------
 # reading
 
@@ -307,6 +306,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         encodings = response_headers.pop("content-encoding", [])
         raw = _decompress(raw, encodings, path, index)
         dates = response_headers.get("date")
+        recorded_at = _timestamp(item.get("recorded_at"), path, index)
         out.append(
             Interaction(
                 index=index,
@@ -318,7 +318,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
                 reason=reason,
                 response_headers=response_headers,
                 response_body=Body(raw),
-                recorded_at=_timestamp(item.get("recorded_at"), path, index) or (_timestamp(dates[0]) if dates else None),
+                recorded_at=recorded_at if recorded_at is not None else _timestamp(dates[0]) if dates else None,
             )
         )
     return out
