@@ -628,11 +628,11 @@ def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
     usage = message.get("usage")
     if not isinstance(usage, dict):
         raise ValueError("response has no usage object")
+    check_usage(usage)
     if not isinstance(usage.get("input_tokens"), int) or not (
         incomplete or isinstance(usage.get("output_tokens"), int)
     ):
         raise ValueError("usage lacks input_tokens or output_tokens")
-    check_usage(usage)
     content = message.get("content")
     if content is not None and not (
         isinstance(content, list) and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)
