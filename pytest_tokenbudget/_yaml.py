@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,16 +244,33 @@ def _inspect(root: yaml.Node, *, max_depth: int, binary: bool) -> None:
         else:
             stack.extend((child, depth + 1, False) for child in node.value)
     total = weight[id(root)]
-    if total > 2 * written + _ALIAS_ALLOWANCE:
-        _alias_problem(root, total, written)
+    limit = 2 * written + _ALIAS_ALLOWANCE
+    if total > limit:
+        # Name the line of the smallest collection that alone expands past the limit.
+        culprit = min(_walk(root), key=lambda n: (weight[id(n)] <= limit, weight[id(n)]))
+        raise LoadProblem(
+            f"YAML aliases expand the document past {total:,} nodes from {written:,} written "
+            f"(the limit is twice the written size, or {_ALIAS_ALLOWANCE:,} more): an alias bomb?",
+            **_where(culprit),
+        )
 
 
-def _alias_problem(node: yaml.Node, total: int, written: int) -> None:
-    raise LoadProblem(
-        f"YAML aliases expand the document past {total:,} nodes from {written:,} written "
-        f"(the limit is twice the written size, or {_ALIAS_ALLOWANCE:,} more): an alias bomb?",
-        **_where(node),
-    )
+def _walk(root: yaml.Node) -> Iterator[yaml.Node]:
+    """Each collection node of the graph once."""
+    import yaml
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or isinstance(node, yaml.ScalarNode):
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(child for pair in node.value for child in pair)
+        else:
+            stack.extend(node.value)
 
 
 def _tag_problem(tag: str, binary: bool) -> str:

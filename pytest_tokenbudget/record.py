@@ -567,14 +567,22 @@ class Recorder:
         return list(self.recorded)
 
     def save(self) -> bool:
-        """Write the cassette (atomically) if this test recorded anything; say whether it did."""
-        interactions = self.to_save()
-        if interactions is None:
-            return False
-        renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
-        from .cassette import save_cassette
+        """Write the cassette (atomically) if this test recorded anything; say whether it did.
 
-        save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
+        Under a cross-process lock (issue 16): in ``new_episodes`` mode the cassette is read
+        again, so that what another run appended since this one loaded it is kept, not lost.
+        """
+        if not self.recorded:
+            return False
+        from ._atomic import write_lock
+        from .cassette import load_cassette, save_cassette
+
+        with write_lock(self.cassette_path):
+            if self.mode is RecordMode.NEW_EPISODES and self.loaded is not None and self.cassette_path.is_file():
+                self.loaded = load_cassette(self.cassette_path)
+            interactions = self.to_save() or []
+            renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
+            save_cassette(self.cassette_path, renumbered, secrets=self.secrets)
         return True
 
     @contextmanager
