@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import json
 import math
 import os
@@ -129,6 +130,10 @@ SWAPS: list[Any] = [
     [1, 2],
     {"a": 1},
     0.5,
+    b"\x00binary",  # YAML !!binary
+    frozenset({"a"}),  # YAML !!set
+    datetime.date(2025, 1, 1),  # YAML !!timestamp
+    datetime.datetime(9999, 12, 31, 23, 59, 59),
 ]
 # Keys worth aiming at (the rest are found by chance): the values the code reads.
 TARGETED = {
@@ -323,8 +328,19 @@ def _bomb(levels: int) -> str:
 
 def _dump(data: Any, kind: str) -> str:
     if kind == "json":
-        return json.dumps(data, indent=1)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+        return json.dumps(data, indent=1, default=str)
+    return yaml.safe_dump(_settable(data), sort_keys=False, allow_unicode=True, width=120)
+
+
+def _settable(data: Any) -> Any:
+    """``frozenset`` as ``set`` (what ``safe_dump`` writes as ``!!set``)."""
+    if isinstance(data, frozenset):
+        return set(data)
+    if isinstance(data, dict):
+        return {key: _settable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_settable(value) for value in data]
+    return data
 
 
 MUTATIONS = ("truncate", "flip", "insert", "delete_key", "swap", "swap_targeted", "alias_bomb", "deep", "huge", "twice")
@@ -513,6 +529,9 @@ def _write(directory: Path, name: str, data: bytes) -> Path:
 @given(data=mutated(YAML_CASSETTES, "yaml") | mutated(JSON_CASSETTES, "json"))
 @example(data=(_bomb(9) + "interactions: *b9\n").encode())  # the issue's 28 KB bomb, shrunk
 @example(data=b"interactions:\n- request: {method: POST, uri: 'http://x/v1/messages'}\n  response: {status: 200}\n")
+@example(  # the issue's TypeError: !!binary as the model of our format's body
+    data=SEED_CASSETTES[-1].read_bytes().replace(b"model: claude", b"model: !!binary aGVsbG8= #", 2)
+)
 def test_mutated_cassettes(data: bytes, tmp_path_factory: pytest.TempPathFactory, pricer: Pricer) -> None:
     """A mutated cassette is a CassetteError naming the file, or a report with sane numbers."""
     path = _write(_fresh(tmp_path_factory), "test_x.json" if data.lstrip()[:1] in (b"{", b"[") else "test_x.yaml", data)

@@ -96,6 +96,8 @@ def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
             fix="re-record it, or delete the file if it is not a cassette",
         )
     if data.get("format") == FORMAT:
+        if "!!binary" in text or "tag:yaml.org,2002:binary" in text:  # we never write it
+            _refuse_bytes(data["interactions"], path)
         return Cassette(path, FORMAT, _read_ours(data["interactions"], path))
     if isinstance(data.get("format"), str) and str(data["format"]).startswith("pytest-tokenbudget/"):
         raise CassetteError(
@@ -105,6 +107,20 @@ def parse_cassette(text: str, path: Path | str = "<string>") -> Cassette:
             fix="upgrade pytest-tokenbudget",
         )
     return Cassette(path, "vcrpy", _read_vcrpy(data["interactions"], path))
+
+
+def _refuse_bytes(interactions: list[Any], path: Path) -> None:
+    """Our format stores JSON and text only: a ``!!binary`` value would break the body's JSON."""
+    for index, item in enumerate(interactions):
+        stack = [item]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, bytes):
+                raise _fail(path, index, "holds a YAML !!binary value; this format stores only JSON and text")
+            if isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
 
 
 def _parse_document(text: str, path: Path) -> Any:
@@ -288,6 +304,8 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         response = _as_mapping(item.get("response"), path, index, "'response'")
         if "method" not in request or "uri" not in request:
             raise _fail(path, index, "request has no 'method' or 'uri'")
+        if not isinstance(request["method"], str) or not isinstance(request["uri"], str):
+            raise _fail(path, index, "request 'method' and 'uri' must be text")
         _check_uri(request["uri"], path, index)
         request_headers = {k: v[0] for k, v in _header_values(request.get("headers"), path, index).items() if v}
         request_raw = _to_bytes(
