@@ -65,27 +65,29 @@ def load_yaml(
             schema; the message names the file, the line, the JSON path of the bad key, and
             for an unknown key the nearest accepted one.
     """
-    import yaml
+    from ._yaml import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, LoadProblem, parse_yaml, read_text
 
     where = str(path)
-    if text is None:
-        try:
-            text = Path(path).read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise error(f"{what} cannot be read", file=where, why=str(err), fix=fix) from None
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
+        if text is None:
+            try:
+                text = read_text(path, max_bytes=MAX_CONFIG_BYTES)
+            except FileNotFoundError as err:
+                raise LoadProblem(str(err)) from None
+    except LoadProblem as problem:
+        line = f", line {problem.line}" if problem.line else ""
+        raise error(f"{what} cannot be read", file=where + line, why=problem.why, fix=fix) from None
+    try:
+        data, root = parse_yaml(text, max_depth=MAX_CONFIG_DEPTH)
+    except LoadProblem as problem:
+        line = f", line {problem.line}" if problem.line else ""
+        syntax = problem.why.startswith("invalid YAML")
         raise error(
-            f"{what} is not valid YAML", file=where + line, why=str(problem), fix="fix the YAML syntax"
+            f"{what} is not valid YAML" if syntax else f"{what} is invalid",
+            file=where + line,
+            why=problem.why.removeprefix("invalid YAML: "),
+            fix="fix the YAML syntax" if syntax else fix,
         ) from None
-    finally:
-        loader.dispose()
     if root is None:
         raise error(f"{what} is empty", file=where, why="no document in the file", fix=fix)
     check_keys(root, where, error, what)

@@ -135,19 +135,20 @@ def load_baseline(path: Path) -> dict[str, BaselineEntry] | None:
     Raises:
         ConfigError: the file is not valid JSON or breaks the schema (file, JSON path, fix).
     """
-    if not path.is_file():
-        return None
+    from ._yaml import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, LoadProblem, decode, parse_json, read_bytes
+
     fix = "restore it from version control, or rewrite it: pytest --token-budget --token-budget-update"
     try:
-        text = path.read_text("utf-8")
-        data = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        line = getattr(err, "lineno", None)
+        text = decode(read_bytes(path, max_bytes=MAX_CONFIG_BYTES))
+        data = parse_json(text, max_depth=MAX_CONFIG_DEPTH)
+    except FileNotFoundError:
+        return None
+    except LoadProblem as problem:
         raise ConfigError(
             "the token budget baseline cannot be read",
-            file=f"{path}" + (f", line {line}" if line else ""),
-            why=f"not valid JSON: {err}",
-            fix=fix,
+            file=f"{path}" + (f", line {problem.line}" if problem.line else ""),
+            why=problem.why.replace("invalid JSON: ", "not valid JSON: ", 1),
+            fix=fix if problem.why != "it is a directory, not a file" else "point --token-budget-baseline at a file",
         ) from None
     problems = schema_problems(data, None, "baseline.schema.json", locate=lambda at: json_line_of(text, at))
     if problems:

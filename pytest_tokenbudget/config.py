@@ -94,12 +94,26 @@ def _from_yaml(path: Path) -> Config:
 
 
 def _from_pyproject(path: Path, *, required: bool) -> Config:
-    text = path.read_text("utf-8")
+    from ._yaml import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, LoadProblem, check_depth, read_text
+
     try:
-        document = tomllib.loads(text)
+        text = read_text(path, max_bytes=MAX_CONFIG_BYTES)
+        tool = tomllib.loads(text).get("tool")
+        data = tool.get("tokenbudget") if isinstance(tool, dict) else None
+        check_depth(data, MAX_CONFIG_DEPTH)
+    except FileNotFoundError as err:
+        raise ConfigError("the token budget config cannot be read", file=str(path), why=str(err)) from None
+    except LoadProblem as problem:
+        raise ConfigError(
+            f"{path.name} cannot be read",
+            file=f"{path}" + (f", line {problem.line}" if problem.line else ""),
+            why=problem.why,
+            fix="save it as UTF-8 text" if problem.why.startswith("not UTF-8") else "fix the file",
+        ) from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError("pyproject.toml is not valid TOML", file=str(path), why=str(err)) from None
-    data = document.get("tool", {}).get("tokenbudget")
+        raise ConfigError(f"{path.name} is not valid TOML", file=str(path), why=str(err)) from None
+    except RecursionError:  # tomllib recurses per nested inline array or table
+        raise ConfigError(f"{path.name} is not valid TOML", file=str(path), why="nested too deeply") from None
     if data is None:
         if required:
             raise ConfigError("no [tool.tokenbudget] table", file=str(path), fix="add one, or point at a YAML file")

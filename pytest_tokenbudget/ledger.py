@@ -36,6 +36,38 @@ _DELTA_OVERWRITES = (
 )
 
 
+# The counts a usage object may carry, checked where a turn is read: a whole number from 0 to
+# _MAX_COUNT (no request comes near a trillion tokens; bigger is a corrupt or hostile file).
+_COUNTS: tuple[tuple[str, ...], ...] = (
+    ("input_tokens",),
+    ("cache_creation_input_tokens",),
+    ("cache_read_input_tokens",),
+    ("output_tokens",),
+    ("cache_creation", "ephemeral_5m_input_tokens"),
+    ("cache_creation", "ephemeral_1h_input_tokens"),
+    ("server_tool_use", "web_search_requests"),
+    ("server_tool_use", "web_fetch_requests"),
+)
+_MAX_COUNT = 10**12
+
+
+def check_usage(usage: Mapping[str, Any]) -> None:
+    """Refuse a usage object whose counts are not whole numbers from 0 to 10**12 (null is absent).
+
+    Raises:
+        ValueError: names the field and its value (a negative, boolean, text or list count).
+    """
+    for path in _COUNTS:
+        value = _dig(usage, *path)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_COUNT:
+            raise ValueError(f"usage.{'.'.join(path)} is {value!r:.40}, not a token count (a whole number >= 0)")
+    for key in ("cache_creation", "server_tool_use"):
+        if usage.get(key) is not None and not isinstance(usage.get(key), dict):
+            raise ValueError(f"usage.{key} is {usage.get(key)!r:.40}, not an object")
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -416,7 +448,7 @@ def parse_sse(text: str) -> list[tuple[str, Any]]:
                 payload = "\n".join(data)
                 try:
                     events.append((name, json.loads(payload)))
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise ValueError(
                         f"event {len(events)} ({name}) has data that is not JSON: {payload[:80]!r}"
                     ) from None
@@ -565,6 +597,27 @@ def _applied_edits(message: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
     return tuple(e for e in edits if isinstance(e, Mapping)) if isinstance(edits, list) else ()
 
 
+def playback_problem(interaction: Interaction) -> str | None:
+    """Why a recorded response must not be handed to the SDK, or ``None`` when it can be.
+
+    Replay plays a response only if the ledger can read it: a message (JSON or a stream that
+    assembles) with its usage counts in range, batch results that parse line by line, any other
+    JSON response parseable. The SDK would turn the rest into a "Connection error.", a
+    retried status, or an object missing attributes inside the user's code.
+    """
+    try:
+        if interaction.status == 200 and interaction.endpoint == "messages":
+            _message_turn(interaction, 0, 0)
+        elif interaction.status == 200 and interaction.endpoint == "batch_results":
+            for _turn in _batch_turns(interaction, "", {}, None, 0, 0):
+                pass
+        elif interaction.content_type.endswith("json") and interaction.response_body.raw.strip():
+            interaction.response_body.json()
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"interaction {interaction.index} ({interaction.method} {interaction.path}): {err}"
+    return None
+
+
 def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
     request = interaction.request_body.try_json()
     request = request if isinstance(request, dict) else {}
@@ -588,10 +641,16 @@ def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
     usage = message.get("usage")
     if not isinstance(usage, dict):
         raise ValueError("response has no usage object")
+    check_usage(usage)
     if not isinstance(usage.get("input_tokens"), int) or not (
         incomplete or isinstance(usage.get("output_tokens"), int)
     ):
         raise ValueError("usage lacks input_tokens or output_tokens")
+    content = message.get("content")
+    if content is not None and not (
+        isinstance(content, list) and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)
+    ):
+        raise ValueError("message content is not a list of blocks with a type")
     return Turn(
         index=index,
         exchange=position,
@@ -627,7 +686,7 @@ def _batch_turns(
             continue
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError(f"batch results line {number} is not JSON") from None
         result = item.get("result") if isinstance(item, dict) else None
         if not isinstance(result, dict):
@@ -637,6 +696,10 @@ def _batch_turns(
         message = result.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
             raise ValueError(f"batch results line {number}: succeeded without a message usage")
+        try:
+            check_usage(message["usage"])
+        except ValueError as err:
+            raise ValueError(f"batch results line {number}: {err}") from None
         custom_id = str(item.get("custom_id"))
         request = params.get(custom_id)
         yield Turn(

@@ -135,11 +135,14 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     other plugins' setup (logging, capture) has run when this one fails the test."""
     if _wants_recorder(item):
         session = item.config.stash[_SESSION]
+        failure: TokenBudgetError | None = None
         try:
             run = session.open_test(item.nodeid, _cassette_of(item, session, _marker_kwargs(item)))
         except TokenBudgetError as error:
             error.test = item.nodeid
-            pytest.fail(error.render(), pytrace=False)
+            failure = error
+        if failure is not None:  # outside the except: pytest would print the message twice, chained
+            pytest.fail(failure.render(), pytrace=False)
         run.enter()
         item.stash[_RUN] = run
     return (yield)

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from ._modes import RecordMode
 from ._redact import PLACEHOLDER_API_KEY, Redactor
 from .cassette import Body, Cassette, Interaction
-from .errors import CassetteError, MissingRecording, ReplayInterrupt, RequestMismatch
+from .errors import CassetteError, MissingRecording, ReplayInterrupt, RequestMismatch, TokenBudgetError
 
 if TYPE_CHECKING:
     # The cassette reader and writer, the ledger and the prefix comparison load when first
@@ -359,6 +359,7 @@ class Recorder:
             interaction = decision.play
             if interaction is None:
                 raise RuntimeError("vcrpy asked to play a request the recorder chose to record")
+            self._check_playable(interaction)
             # A request equal to its recording keeps the recording's body: its parsed JSON shares
             # the transcript with the turns before it, so the ledger and the cache analysis work
             # on shared structure instead of re-parsing every turn's whole body.
@@ -470,7 +471,23 @@ class Recorder:
         self._played.add(index)
         return self._recordings[index]
 
-    def _raise(self, error: MissingRecording | RequestMismatch) -> None:
+    def _check_playable(self, interaction: Interaction) -> None:
+        """Fail the test, naming the cassette, rather than hand the SDK a corrupt recording (issue 16)."""
+        from .ledger import playback_problem
+
+        problem = playback_problem(interaction)
+        if problem is not None:
+            self._raise(
+                CassetteError(
+                    "cassette cannot be replayed",
+                    file=str(self.cassette_path),
+                    test=self.test,
+                    why=f"{problem}: the recorded response is corrupt",
+                    fix=f"re-record it: {self.record_command('all')}",
+                )
+            )
+
+    def _raise(self, error: TokenBudgetError) -> None:
         interrupt = ReplayInterrupt(error)
         self.errors.append(interrupt)
         raise interrupt
@@ -559,14 +576,22 @@ class Recorder:
         return list(self.recorded)
 
     def save(self) -> bool:
-        """Write the cassette (atomically) if this test recorded anything; say whether it did."""
-        interactions = self.to_save()
-        if interactions is None:
-            return False
-        renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
-        from .cassette import save_cassette
+        """Write the cassette (atomically) if this test recorded anything; say whether it did.
 
-        save_cassette(self.cassette_path, renumbered, redactor=self.redactor, test=self.test)
+        Under a cross-process lock (issue 16): in ``new_episodes`` mode the cassette is read
+        again, so that what another run appended since this one loaded it is kept, not lost.
+        """
+        if not self.recorded:
+            return False
+        from ._atomic import write_lock
+        from .cassette import load_cassette, save_cassette
+
+        with write_lock(self.cassette_path):
+            if self.mode is RecordMode.NEW_EPISODES and self.loaded is not None and self.cassette_path.is_file():
+                self.loaded = load_cassette(self.cassette_path)
+            interactions = self.to_save() or []
+            renumbered = [replace(item, index=i) for i, item in enumerate(interactions)]
+            save_cassette(self.cassette_path, renumbered, redactor=self.redactor, test=self.test)
         return True
 
     @contextmanager

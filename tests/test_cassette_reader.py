@@ -471,7 +471,7 @@ def test_missing_response_status(tmp_path: Path) -> None:
     """A response without a status is an error in either format."""
     data = yaml.safe_load(our_cassette())
     del data["interactions"][1]["response"]["status"]
-    expect_error(tmp_path, yaml.safe_dump(data), 1, "response status None is not a number")
+    expect_error(tmp_path, yaml.safe_dump(data), 1, "response status code None is not an HTTP status (100 to 599)")
     expect_error(tmp_path, vcr_cassette({"string": "{}"}), 1, "response 'status' is missing or not a mapping")
 
 

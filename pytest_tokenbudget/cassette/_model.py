@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._redact import REDACTED as REDACTED  # what a secret is replaced with in a written cassette
+from .._yaml import MAX_CASSETTE_DEPTH, LoadProblem, check_depth
 
 FORMAT = "pytest-tokenbudget/1"
 
@@ -192,7 +193,17 @@ class Body:
     def json(self) -> Any:
         """The parsed JSON value; raises ``ValueError`` when the body is not JSON."""
         if self._json is _UNSET:
-            self._json = json.loads(self.raw) if self.raw else None
+            raw = self.raw
+            try:
+                value = json.loads(raw) if raw else None
+            except RecursionError:
+                raise ValueError("JSON nested too deeply for Python to read") from None
+            if raw.count(b"[") + raw.count(b"{") > MAX_CASSETTE_DEPTH:  # else it cannot be that deep
+                try:
+                    check_depth(value, MAX_CASSETTE_DEPTH)
+                except LoadProblem as problem:
+                    raise ValueError(f"JSON {problem.why}") from None
+            self._json = value
         return self._json
 
     def try_json(self) -> Any:

@@ -22,7 +22,7 @@ import base64
 import binascii
 import contextlib
 import gc
-import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,17 +31,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from .._yaml import MAX_CASSETTE_BYTES, MAX_CASSETTE_DEPTH, LoadProblem, parse_json, parse_yaml, read_bytes
 from ..errors import CassetteError
 from ._har import is_har, read_har
 from ._model import _STYLES, FORMAT, Body, Cassette, Interaction, _Encoder, apply_ops, endpoint_of
 from ._shape import ShapeError, Side, decode_content, describe, find_body
-
-
-class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):  # type: ignore[misc]
-    """Safe loader; bodies may hold !!binary (vcrpy's gzip bodies)."""
-
 
 # --------------------------------------------------------------------------------------------
 # reading
@@ -81,7 +75,12 @@ def load_cassette(path: Path | str, *, skip_unknown: bool = False) -> Cassette:
             and what is wrong.
     """
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = read_bytes(path, max_bytes=MAX_CASSETTE_BYTES)
+    except LoadProblem as problem:
+        raise CassetteError(
+            "cassette cannot be read", file=str(path), why=problem.why, fix="point the test at a cassette file"
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -115,6 +114,8 @@ def parse_cassette(text: str, path: Path | str = "<string>", *, skip_unknown: bo
             fix="re-record it, or delete the file if it is not a cassette",
         )
     if data.get("format") == FORMAT:
+        if "!!binary" in text or "tag:yaml.org,2002:binary" in text:  # we never write it
+            _refuse_bytes(data["interactions"], path)
         return Cassette(path, FORMAT, _read_ours(data["interactions"], path))
     if isinstance(data.get("format"), str) and str(data["format"]).startswith("pytest-tokenbudget/"):
         raise CassetteError(
@@ -156,6 +157,20 @@ def traffic_note(interactions: Sequence[Interaction]) -> str | None:
     return f"{count} interaction{'s' if count != 1 else ''}, none to the Anthropic API (hosts: {named})"
 
 
+def _refuse_bytes(interactions: list[Any], path: Path) -> None:
+    """Our format stores JSON and text only: a ``!!binary`` value would break the body's JSON."""
+    for index, item in enumerate(interactions):
+        stack = [item]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, bytes):
+                raise _fail(path, index, "holds a YAML !!binary value; this format stores only JSON and text")
+            if isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+
+
 def _parse_document(text: str, path: Path) -> Any:
     stripped = text.lstrip()
     if not stripped:
@@ -165,34 +180,21 @@ def _parse_document(text: str, path: Path) -> Any:
             why="the file has no content (truncated write?)",
             fix="re-record it, or delete it",
         )
-    if stripped[0] in "{[":
-        try:
-            return json.loads(text)
-        except ValueError as err:
-            line = getattr(err, "lineno", None)
-            raise CassetteError(
-                "cassette cannot be read",
-                file=f"{path}" + (f", line {line}" if line else ""),
-                why=_in_interaction(text, getattr(err, "pos", None), True) + f"invalid JSON: {err}",
-                fix="re-record it",
-            ) from None
+    is_json = stripped[0] in "{["
+    # One safe loader for every file we read (pytest_tokenbudget._yaml): size, depth, aliases
+    # and tags bounded; !!binary is vcrpy's (gzip bodies).
     try:
+        if is_json:
+            return parse_json(text, max_depth=MAX_CASSETTE_DEPTH)
         with _gc_paused():
-            return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            return parse_yaml(text, max_depth=MAX_CASSETTE_DEPTH, binary=True)[0]
+    except LoadProblem as problem:
+        truncated = " (truncated or hand-edited?)" if problem.why.startswith("invalid ") else ""
         raise CassetteError(
             "cassette cannot be read",
-            file=f"{path}{where}",
-            why=_in_interaction(text, getattr(mark, "index", None), False)
-            + f"invalid YAML: {problem} (truncated or hand-edited?)",
+            file=f"{path}" + (f", line {problem.line}" if problem.line else ""),
+            why=_in_interaction(text, problem.offset, is_json) + problem.why + truncated,
             fix="re-record it",
-        ) from None
-    except (ValueError, binascii.Error) as err:
-        raise CassetteError(
-            "cassette cannot be read", file=str(path), why=f"invalid YAML value: {err}", fix="re-record it"
         ) from None
 
 
@@ -246,8 +248,25 @@ def _header_values(headers: Any, path: Path, index: int) -> dict[str, list[str]]
     out: dict[str, list[str]] = {}
     for name, value in headers.items():
         values = value if isinstance(value, list) else [value]
-        out.setdefault(str(name).lower(), []).extend(str(v) for v in values)
+        for item in values:
+            # Played back to the SDK as HTTP headers: text only, one line each.
+            if isinstance(item, dict | list | bytes) or (isinstance(item, str) and _HEADER_BREAK.search(item)):
+                raise _fail(path, index, f"header {str(name)!r} has a value that is not one line of text: {item!r:.60}")
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise _fail(path, index, f"header name {name!r:.60} is not a valid HTTP header name")
+        out.setdefault(name.lower(), []).extend(str(v) for v in values)
     return out
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_BREAK = re.compile(r"[\r\n\x00]")
+
+
+def _status(value: Any, path: Path, index: int) -> int:
+    """An HTTP status code: an integer from 100 to 599 (the SDK treats anything else as a broken connection)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 599:
+        raise _fail(path, index, f"response status code {value!r:.60} is not an HTTP status (100 to 599)")
+    return value
 
 
 def _decompress(raw: bytes, encodings: Sequence[str], path: Path, index: int) -> bytes:
@@ -258,23 +277,38 @@ def _decompress(raw: bytes, encodings: Sequence[str], path: Path, index: int) ->
         raise _fail(path, index, str(err)) from None
 
 
-def _timestamp(value: Any) -> float | None:
+# POSIX seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC: what a datetime can hold.
+_EARLIEST, _LATEST = -62135596800.0, 253402300799.0
+
+
+def _timestamp(value: Any, path: Path | None = None, index: int = 0) -> float | None:
+    """POSIX seconds of a recorded time: a number, an ISO 8601 string or an HTTP date.
+
+    With ``path`` (the ``recorded_at`` field), a value that is not a time, or is out of the
+    range of dates, is an error naming the interaction; without (a ``date`` header), it is
+    ``None``.
+    """
     if value is None:
         return None
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.timestamp()
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value)
+    seconds: float | None = None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        if isinstance(value, datetime):
+            seconds = (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str):
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                moment = parsedate_to_datetime(value)
+            seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError, IndexError):
+        seconds = None
+    if seconds is not None and math.isfinite(seconds) and _EARLIEST <= seconds <= _LATEST:
+        return seconds
+    if path is not None:
+        raise _fail(path, index, f"'recorded_at' {value!r:.60} is not a time (a number of seconds or an ISO 8601 date)")
+    return None
 
 
 # Endpoints whose request carries a body, and those whose successful response does.
@@ -319,6 +353,8 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         response = _as_mapping(item.get("response"), path, index, "'response'")
         if "method" not in request or "uri" not in request:
             raise _fail(path, index, "request has no 'method' or 'uri'")
+        if not isinstance(request["method"], str) or not isinstance(request["uri"], str):
+            raise _fail(path, index, "request 'method' and 'uri' must be text")
         _check_uri(request["uri"], path, index)
         method = str(request["method"]).upper()
         endpoint = endpoint_of(method, str(request["uri"]))
@@ -329,8 +365,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         else:
             status_value = _as_mapping(response.get("status"), path, index, "response 'status'")
             status, reason = status_value.get("code"), str(status_value.get("message") or "")
-        if not isinstance(status, int):
-            raise _fail(path, index, f"response status code {status!r} is not a number")
+        status = _status(status, path, index)
         response_headers = _header_values(response.get("headers"), path, index)
         call = f"{method} {urlsplit(str(request['uri'])).path}"
         needs_request = endpoint in _REQUEST_BODY and method == "POST"
@@ -340,6 +375,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
         # The body is decoded now (or was stored decoded): its content-encoding no longer applies.
         response_headers.pop("content-encoding", None)
         dates = response_headers.get("date")
+        recorded_at = _timestamp(item.get("recorded_at"), path, index)
         out.append(
             Interaction(
                 index=index,
@@ -351,7 +387,7 @@ def _read_vcrpy(items: list[Any], path: Path) -> list[Interaction]:
                 reason=reason,
                 response_headers=response_headers,
                 response_body=response_body,
-                recorded_at=_timestamp(item.get("recorded_at")) or (_timestamp(dates[0]) if dates else None),
+                recorded_at=recorded_at if recorded_at is not None else _timestamp(dates[0]) if dates else None,
             )
         )
     return out
@@ -380,9 +416,7 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
             if not isinstance(request.get(key), str):
                 raise _fail(path, index, f"request has no '{key}'")
         _check_uri(request["uri"], path, index)
-        status = response.get("status")
-        if not isinstance(status, int):
-            raise _fail(path, index, f"response status {status!r} is not a number")
+        status = _status(response.get("status"), path, index)
         request_body = _read_body(request.get("body"), out, path, index, "request", encoders)
         response_body = _read_body(response.get("body"), out, path, index, "response", None)
         headers = _header_values(request.get("headers"), path, index)
@@ -397,8 +431,8 @@ def _read_ours(items: list[Any], path: Path) -> list[Interaction]:
                 reason=str(response.get("reason") or ""),
                 response_headers=_header_values(response.get("headers"), path, index),
                 response_body=response_body,
-                recorded_at=_timestamp(request.get("recorded_at")),
-                responded_at=_timestamp(response.get("responded_at")),
+                recorded_at=_timestamp(request.get("recorded_at"), path, index),
+                responded_at=_timestamp(response.get("responded_at"), path, index),
             )
         )
     return out
