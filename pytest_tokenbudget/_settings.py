@@ -153,6 +153,32 @@ OPTIONS: tuple[Option, ...] = (
         ini_default=[],
     ),
     Option(
+        "cheap-model",
+        "the cheap tier the advisor prices cheap-looking turns at (default: claude-haiku-5-5, the cheapest "
+        "current Haiku).",
+        metavar="MODEL",
+        ini="token_budget_cheap_model",
+        ini_help="the advisor's cheap tier (default claude-haiku-5-5)",
+        ini_default="",
+        cli="--cheap-model",
+        cli_help="the cheap tier cheap-looking turns are priced at (default claude-haiku-5-5)",
+        cli_default=None,
+    ),
+    Option(
+        "batchable",
+        "tests nobody waits on, for the advisor's batch lever: fnmatch patterns on node ids (repeatable); "
+        "also @pytest.mark.token_budget(batchable=True).",
+        action="append",
+        metavar="PATTERN",
+        ini="token_budget_batchable",
+        ini_help="node-id patterns of batchable tests, one per line",
+        ini_type="linelist",
+        ini_default=[],
+        cli="--batchable",
+        cli_help="cassette path patterns (fnmatch) whose calls nobody waits on (repeatable)",
+        cli_default=[],
+    ),
+    Option(
         "json",
         "write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
         metavar="PATH",
@@ -247,6 +273,8 @@ class Settings:
             (``file.py::test``): the baseline update prunes nothing in them.
         suite: the suite's budget: the config file's ``suite`` section, its thresholds replaced
             by ``--token-budget-suite-fail`` or the ini key when given.
+        cheap_model: the advisor's cheap tier (``None``: its default).
+        batchable: node-id patterns of tests nobody waits on (the advisor's batch lever).
     """
 
     record_mode: RecordMode
@@ -267,6 +295,8 @@ class Settings:
     accept_estimates: bool = False
     partial_files: frozenset[str] = frozenset()
     suite: SuiteBudget = field(default_factory=SuiteBudget)
+    cheap_model: str | None = None
+    batchable: tuple[str, ...] = ()
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -359,6 +389,8 @@ def resolve(config: pytest.Config) -> Settings:
         accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
         partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
         suite=budgets.suite if thresholds is None else replace(budgets.suite, fail_on=thresholds),
+        cheap_model=config.getoption("token_budget_cheap_model") or str(config.getini("token_budget_cheap_model")) or None,
+        batchable=tuple(config.getoption("token_budget_batchable") or config.getini("token_budget_batchable")),
     )
 
 

@@ -6,7 +6,7 @@ results; it writes nothing and knows nothing of pytest.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from .baseline import BaselineEntry, CachedPoint, CachedPrefix, GateResult, comp
 from .budgets import Budget, check_budget, where_tokens_went
 from .errors import TokenBudgetError
 from .ledger import Ledger
+from .levers import AdviceOptions, advise
 from .prefix import Difference
 from .pricing import Pricer
 from .record import Departure, Recorder, accept_command, count_tokens_live
@@ -81,6 +82,7 @@ def evaluate(
     count_tokens: bool = True,
     test_passed: bool = True,
     require_prices: bool = False,
+    advice: AdviceOptions | None = None,
 ) -> Evaluation:
     """Ledger, estimates for changed requests, prices, cache analysis, budgets and the gate.
 
@@ -94,6 +96,8 @@ def evaluate(
         test_passed: the test's body passed.
         require_prices: a turn that cannot be priced fails the test (the gate cannot judge
             what it cannot price).
+        advice: run the savings advisor (:mod:`pytest_tokenbudget.levers`) with these options
+            (``None``: no advice).
 
     Raises:
         TokenBudgetError: a recorded response cannot be read.
@@ -125,6 +129,9 @@ def evaluate(
     entry = result.entry = build_entry(
         nodeid, cassette_name(), ledger, pricer, analysis.turns if analysis is not None else None
     )
+    if advice is not None and entry.cost_usd is not None:
+        found = advise(ledger, pricer, advice, test=nodeid)
+        entry = result.entry = replace(entry, levers=found.levers, growth=found.growth)
     if require_prices and entry.cost_usd is None:
         return Evaluation(result, _unpriced(entry, pricer, nodeid))
     totals = ledger.totals()

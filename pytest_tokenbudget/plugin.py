@@ -25,7 +25,7 @@ _SESSION = pytest.StashKey[RunSession]()
 _RUN = pytest.StashKey[TestRun]()
 _MARKS = pytest.StashKey["dict[str, Any]"]()  # the test's token_budget keywords, read once
 
-_MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette")
+_MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette", "batchable")
 _MARKER_HELP = (
     "token_budget(max_cost_usd=None, max_input_tokens=None, max_output_tokens=None, max_turns=None, "
     "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None): "
@@ -133,7 +133,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if _wants_recorder(item):
         session = item.config.stash[_SESSION]
         try:
-            run = session.open_test(item.nodeid, _cassette_of(item, session, _marker_kwargs(item)))
+            options = _marker_kwargs(item)
+            run = session.open_test(
+                item.nodeid, _cassette_of(item, session, options), batchable=options.get("batchable") is True
+            )
         except TokenBudgetError as error:
             error.test = item.nodeid
             pytest.fail(error.render(), pytrace=False)

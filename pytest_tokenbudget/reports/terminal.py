@@ -163,6 +163,9 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
             lines.append(f"  {test_id} turn {item.turn.index}: {item.cache.verdict}: {item.cache.reason}")
         if len(warnings) > _MAX_WARNINGS:
             lines.append(f"  ... and {len(warnings) - _MAX_WARNINGS} more (-v shows every turn)")
+    from .levers_view import render_levers_text
+
+    lines.extend(render_levers_text(report, verbose=verbose))
     lines.append("")
     lines.append(source_line(report.price_source))
     lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")
