@@ -228,10 +228,14 @@ def add_pytest_options(parser: pytest.Parser) -> None:
         parser.addini(name, help_text, type=kind, default=default)  # type: ignore[arg-type]
 
 
-def add_cli_options(parser: argparse.ArgumentParser) -> None:
-    """Declare the options the ``tokenbudget`` command shares with the plugin."""
+_ADVISOR_CLI = frozenset({"--cheap-model", "--batchable"})
+
+
+def add_cli_options(parser: argparse.ArgumentParser, *, advisor: bool = False) -> None:
+    """Declare the options the ``tokenbudget`` command shares with the plugin (the advisor's
+    only on ``tokenbudget advise``)."""
     for option in OPTIONS:
-        if option.cli is None:
+        if option.cli is None or (option.cli in _ADVISOR_CLI and not advisor):
             continue
         extra: dict[str, Any] = {}
         if option.choices is not None:

@@ -3,13 +3,18 @@ of the suite's totals; ``input_growth`` of each test)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Any
 
-from ..levers import FAST_GROWTH_FACTOR, Lever
-from .model import Report, TestEntry
+from ..ledger import Ledger
+from ..levers import DEFAULT_CHEAP_MODEL, FAST_GROWTH_FACTOR, AdviceOptions, Lever, advise
+from ..pricing import Pricer
+from .model import Report, TestEntry, build_entry
 
-__all__ = ["LEVER_ORDER_NOTE", "levers_json", "render_levers_markdown", "render_levers_text", "test_levers_json"]
+__all__ = ["LEVER_ORDER_NOTE", "advised_entry", "levers_json", "render_levers_markdown", "render_levers_text", "test_levers_json"]
 
 LEVER_ORDER_NOTE = (
     "levers applied in order caching -> batch -> model_tier -> context, each saving measured on top of "
@@ -26,6 +31,22 @@ def _share(lever: Lever) -> str:
     if not before:
         return ""
     return f" ({100 * lever.saving_usd / before:.0f}% of ${before:,.4f})"
+
+
+def advised_entry(
+    name: str, ledger: Ledger, pricer: Pricer, *, batchable: Sequence[str] = (), cheap_model: str | None = None
+) -> TestEntry:
+    """A cassette's report entry with its levers (``tokenbudget advise``): batchable when its
+    path matches one of the ``batchable`` fnmatch patterns."""
+    entry = build_entry(name, name, ledger, pricer)
+    if entry.cost_usd is None:
+        return entry
+    options = AdviceOptions(
+        batchable=any(fnmatchcase(name, pattern) for pattern in batchable),
+        cheap_model=cheap_model or DEFAULT_CHEAP_MODEL,
+    )
+    found = advise(ledger, pricer, options)
+    return replace(entry, levers=found.levers, growth=found.growth)
 
 
 def levers_json(levers: tuple[Lever, ...]) -> list[dict[str, Any]]:
