@@ -393,7 +393,9 @@ def resolve(config: pytest.Config) -> Settings:
         accept_estimates=bool(config.getoption("token_budget_accept_estimates")),
         partial_files=_partial_files(config.args, Path(config.invocation_params.dir), rootdir),
         suite=budgets.suite if thresholds is None else replace(budgets.suite, fail_on=thresholds),
-        cheap_model=config.getoption("token_budget_cheap_model") or str(config.getini("token_budget_cheap_model")) or None,
+        cheap_model=config.getoption("token_budget_cheap_model")
+        or str(config.getini("token_budget_cheap_model"))
+        or None,
         batchable=tuple(config.getoption("token_budget_batchable") or config.getini("token_budget_batchable")),
     )
 

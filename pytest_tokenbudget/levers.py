@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -226,7 +227,9 @@ def _input_billed_full(usage: Mapping[str, Any]) -> int:
 
 
 def _total_input(usage: Mapping[str, Any]) -> int:
-    return sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    return sum(
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
 
 
 def _money(value: Decimal) -> str:
@@ -337,7 +340,7 @@ def _static_block(layouts: Sequence[PromptLayout]) -> Block | None:
 
 def _gaps(turns: Sequence[Turn]) -> list[float]:
     times = [t.recorded_at for t in turns if t.recorded_at is not None]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def _caching_candidates(turns: Sequence[Turn], layouts: Sequence[PromptLayout | None]) -> list[_Candidate]:
@@ -359,12 +362,13 @@ def _caching_candidates(turns: Sequence[Turn], layouts: Sequence[PromptLayout | 
             {p.path for layout in present for p in layout.breakpoints if not p.automatic}
             - {p.path for layout in present for p in layout.breakpoints if p.fingerprint in read_fingerprints}
         )
-        if block is not None:
+        # A breakpoint already on the static block: only its TTL can be wrong (tried below).
+        existing = block is not None and any(
+            p.block == block.index and not p.automatic for layout in present for p in layout.breakpoints
+        )
+        if block is not None and not existing:
             minimum = minimum_cacheable(model)[0]
-            existing = [p for p in present[0].breakpoints if p.block == block.index and not p.automatic]
             for ttl in ("5m", "1h"):
-                if existing and existing[0].ttl == ttl and not never_hit:
-                    continue
                 requests = list(t.request for t in turns)
                 for p in positions:
                     body = _copy_body(requests[p])
@@ -516,7 +520,8 @@ def _labels(request: Mapping[str, Any]) -> list[str] | None:
     """The fixed label set of a forced tool or output format, if its schema has one."""
     schemas: list[Any] = []
     choice = request.get("tool_choice")
-    tools = request.get("tools") if isinstance(request.get("tools"), list) else []
+    raw_tools = request.get("tools")
+    tools: list[Any] = raw_tools if isinstance(raw_tools, list) else []
     if isinstance(choice, Mapping) and choice.get("type") in ("tool", "any"):
         for tool in tools:
             if isinstance(tool, Mapping) and (choice.get("type") == "any" or tool.get("name") == choice.get("name")):
@@ -589,7 +594,9 @@ def _tier(
         job = _cheap_job(turn, state.usage[i])
         if job is not None:
             moved.append(i)
-            jobs[job.split(" (")[0]] = jobs.get(job.split(" (")[0], 0) + 1
+            # Counted by kind of job; a label set is kept (it says what is classified).
+            key = job if job.startswith("classification") else job.split(" (")[0]
+            jobs[key] = jobs.get(key, 0) + 1
     if not moved:
         return None, state
     after = replace(state, model=tuple(cheap if i in moved else m for i, m in enumerate(state.model)))
@@ -804,4 +811,3 @@ def flag_growth(growths: Mapping[str, Growth]) -> dict[str, Growth]:
         fast = growth.tokens_per_turn > FAST_GROWTH_FACTOR * max(median, 1.0) and growth.tokens_per_turn > 0
         out[name] = replace(growth, fast=fast, suite_median=median)
     return out
-

@@ -23,7 +23,8 @@ STUB = "[elided: no longer needed]"  # what replaces the log once read
 
 # About 24,000 characters: 6,000 tokens at the emulator's 4 characters a token.
 HANDBOOK = "".join(
-    f"Section {n}: refunds for damaged goods are paid within 14 days of the claim; keep the receipt. " for n in range(300)
+    f"Section {n}: refunds for damaged goods are paid within 14 days of the claim; keep the receipt. "
+    for n in range(300)
 )[:24_000]
 LABELS = ["refund", "shipping", "account", "other"]
 LABEL_TOOL = {
@@ -41,9 +42,9 @@ LOG_TOOL = {
     "input_schema": {"type": "object", "properties": {"deploy": {"type": "string"}}, "required": ["deploy"]},
 }
 # 60,000 characters of deploy log.
-DEPLOY_LOG = "".join(f"2026-11-20T10:{n % 60:02d}:00Z step {n:04d} ok: pulled layer, checksum verified\n" for n in range(1000))[
-    :60_000
-]
+DEPLOY_LOG = "".join(
+    f"2026-11-20T10:{n % 60:02d}:00Z step {n:04d} ok: pulled layer, checksum verified\n" for n in range(1000)
+)[:60_000]
 
 
 def _text(message: Any) -> str:

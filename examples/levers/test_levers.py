@@ -1,7 +1,7 @@
 """One test per lever's problem; replayed from cassettes/ (recorded through the emulator).
 
-    pytest examples/levers --token-budget -p no:cacheprovider      # the report and its levers
-    tokenbudget advise examples/levers/cassettes                   # the same advice, from cassettes
+pytest examples/levers --token-budget -p no:cacheprovider      # the report and its levers
+tokenbudget advise examples/levers/cassettes                   # the same advice, from cassettes
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_triage(anthropic_emulator, token_ledger):
         Reply.text("Morning: late parcels and refunds first; then accounts; then questions. " * 12),
         *[Reply.tool_use("set_label", {"label": label}) for label in labels],
     )
-    plan, got = levers_agent.triage(anthropic.Anthropic(), TICKETS)
+    _plan, got = levers_agent.triage(anthropic.Anthropic(), TICKETS)
     assert got == labels
     assert len(token_ledger) == 5
 
@@ -53,7 +53,10 @@ def test_deploy_investigation(anthropic_emulator, token_ledger):
     anthropic_emulator.script(
         Reply.tool_use("fetch_log", {"deploy": "7"}),
         Reply.text("Step 0412 timed out pulling a layer; the retry budget was exhausted. " * 8),
-        *[Reply.text("Pin the base image and raise the pull timeout; add a retry with backoff. " * 8) for _ in FOLLOW_UPS],
+        *[
+            Reply.text("Pin the base image and raise the pull timeout; add a retry with backoff. " * 8)
+            for _ in FOLLOW_UPS
+        ],
     )
     answers = levers_agent.investigate(anthropic.Anthropic(), FOLLOW_UPS)
     assert len(answers) == 11

@@ -14,7 +14,14 @@ from ..levers import DEFAULT_CHEAP_MODEL, FAST_GROWTH_FACTOR, AdviceOptions, Lev
 from ..pricing import Pricer
 from .model import Report, TestEntry, build_entry
 
-__all__ = ["LEVER_ORDER_NOTE", "advised_entry", "levers_json", "render_levers_markdown", "render_levers_text", "test_levers_json"]
+__all__ = [
+    "LEVER_ORDER_NOTE",
+    "advised_entry",
+    "levers_json",
+    "render_levers_markdown",
+    "render_levers_text",
+    "test_levers_json",
+]
 
 LEVER_ORDER_NOTE = (
     "levers applied in order caching -> batch -> model_tier -> context, each saving measured on top of "
@@ -112,7 +119,8 @@ def render_levers_markdown(report: Report) -> list[str]:
     out.append("| lever | saving USD | tokens | tests |")
     out.append("|---|--:|--:|--:|")
     out.extend(
-        f"| {lever.lever.value} | {_usd(lever.saving_usd)} | {lever.saving_tokens:,} | {lever.tests} |" for lever in suite
+        f"| {lever.lever.value} | {_usd(lever.saving_usd)} | {lever.saving_tokens:,} | {lever.tests} |"
+        for lever in suite
     )
     out.append("")
     out.append("| test | lever | saving USD | change | assumption |")
