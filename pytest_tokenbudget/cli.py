@@ -90,12 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return 2
-    advise = None
-    if args.command == "advise":
-        from .reports.levers_view import advised_entry
+    # Both commands advise (so their JSON is pytest's); ``advise`` takes the advisor's options
+    # and shows each lever's assumption and change.
+    from .reports.levers_view import advised_entry
 
-        def advise(name: str, ledger: Ledger) -> TestEntry:
-            return advised_entry(name, ledger, pricer, batchable=args.batchable, cheap_model=args.cheap_model)
+    batchable = getattr(args, "batchable", [])
+    cheap_model = getattr(args, "cheap_model", None)
+
+    def advise(name: str, ledger: Ledger) -> TestEntry:
+        return advised_entry(name, ledger, pricer, batchable=batchable, cheap_model=cheap_model)
 
     entries, unreadable = _read(args.paths, pricer, advise)
     report = build_report(entries, pricer.source.as_dict(), unreadable)
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dump(report_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        lines = render_text(report, verbose=args.verbose)
+        lines = render_text(report, verbose=args.verbose, lever_details=args.verbose or args.command == "advise")
         print("\n".join(lines) if lines else "no Claude API turns found")
     return 1 if report.errors else 0
 

@@ -18,7 +18,7 @@ How each is measured (:func:`advise`), on one test's ledger, at the report's pri
 2. **batch**: a test marked batchable (``@pytest.mark.token_budget(batchable=True)`` or matched
    by a ``token_budget_batchable`` pattern) that makes real-time calls: the same turns, as left
    by lever 1, at batch prices (genai-prices' ``{"processing": "batch"}`` context).
-3. **model_tier**: a turn on a model dearer than the cheap tier whose job looks cheap (a short
+3. **model_tier**: a turn on a larger model (not a Haiku, and dearer than the cheap tier) whose job looks cheap (a short
    output, a tool call with small arguments, a forced tool or output format whose schema is a
    fixed label set): the same usage priced at the cheap tier. A price difference, never a
    quality claim.
@@ -589,7 +589,8 @@ def _tier(
         if model not in prices:
             prices[model] = _unit_price(pricer, model)
         price = prices[model]
-        if price is None or price <= cheap_price or model == cheap:
+        # A larger model: not a Haiku (a Haiku is already the small tier), and dearer than the cheap tier.
+        if price is None or price <= cheap_price or model == cheap or "haiku" in model.lower():
             continue
         job = _cheap_job(turn, state.usage[i])
         if job is not None:

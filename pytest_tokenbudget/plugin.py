@@ -28,8 +28,9 @@ _MARKS = pytest.StashKey["dict[str, Any]"]()  # the test's token_budget keywords
 _MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette", "batchable")
 _MARKER_HELP = (
     "token_budget(max_cost_usd=None, max_input_tokens=None, max_output_tokens=None, max_turns=None, "
-    "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None): "
-    "this test's token budget and recording options (see pytest_tokenbudget.budgets)."
+    "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None, "
+    "batchable=False): this test's token budget, recording options, and whether nobody waits on its calls "
+    "(the advisor's batch lever; see pytest_tokenbudget.budgets and pytest_tokenbudget.levers)."
 )
 
 
@@ -89,6 +90,11 @@ def _check_marker(item: pytest.Item) -> None:
         raise pytest.UsageError(
             f"tokenbudget: {item.nodeid}: unknown token_budget keyword(s) "
             f"{', '.join(unknown)}; accepted: {', '.join(_MARKER_KEYS)}"
+        )
+    if not isinstance(marker.kwargs.get("batchable", False), bool):
+        raise pytest.UsageError(
+            f"tokenbudget: {item.nodeid}: token_budget(batchable=...) takes True or False, "
+            f"got {marker.kwargs['batchable']!r}"
         )
     try:
         _budget_of(item)

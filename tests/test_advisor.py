@@ -62,7 +62,8 @@ def _agent() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_levers_agent_texts", EXAMPLE / "levers_agent.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -194,7 +195,8 @@ def test_diff_reads_baselines_and_refuses_other_files(tmp_path, monkeypatch, cap
     (tmp_path / "bad.json").write_text('{"hello": 1}')
     assert cli_main(["diff", "baseline.json", "bad.json"]) == 2
     err = capsys.readouterr().err
-    assert "not a report or a baseline" in err and "bad.json" in err
+    assert "not a report or a baseline" in err
+    assert "bad.json" in err
 
 
 CACHE_PROBLEMS = """
