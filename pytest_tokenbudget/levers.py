@@ -48,7 +48,7 @@ from .analysis import analyze, apply_estimates
 from .cache_model import minimum_cacheable
 from .errors import TokenBudgetError
 from .ledger import Ledger, Turn
-from .prefix import Block, PromptLayout, layout_of
+from .prefix import Block, LayoutMemo, PromptLayout, layout_of
 from .pricing import Pricer
 
 __all__ = [
@@ -74,6 +74,7 @@ STUB_TEXT = "[elided: no longer needed]"
 """What a large block is replaced by in the turns after its use."""
 SHORT_OUTPUT_TOKENS = 64
 SMALL_TOOL_CALL_TOKENS = 128
+_MAX_LARGE_BLOCKS = 5  # each one costs a replay of the run through the cache analysis
 FAST_GROWTH_FACTOR = 3.0
 """A test grows "much faster than the rest" when its input grows this many times the suite's median."""
 
@@ -311,14 +312,14 @@ class _Candidate:
     problem: str
 
 
-def _layouts(turns: Sequence[Turn]) -> list[PromptLayout | None]:
+def _layouts(turns: Sequence[Turn], memo: LayoutMemo) -> list[PromptLayout | None]:
     out: list[PromptLayout | None] = []
     for turn in turns:
         request = turn.request
         if isinstance(request, Mapping) and isinstance(request.get("messages"), list):
             body = dict(request)
             body.setdefault("model", turn.requested_model or turn.model)
-            out.append(layout_of(body))
+            out.append(layout_of(body, memo))
         else:
             out.append(None)
     return out
@@ -368,7 +369,7 @@ def _caching_candidates(turns: Sequence[Turn], layouts: Sequence[PromptLayout | 
         )
         if block is not None and not existing:
             minimum = minimum_cacheable(model)[0]
-            for ttl in ("5m", "1h"):
+            for ttl in ("5m", "1h") if long_gaps else ("5m",):  # 1h pays only across gaps over 5 min
                 requests = list(t.request for t in turns)
                 for p in positions:
                     body = _copy_body(requests[p])
@@ -389,6 +390,10 @@ def _caching_candidates(turns: Sequence[Turn], layouts: Sequence[PromptLayout | 
         if len(ttls) == 1 and not any(p.automatic for layout in present for p in layout.breakpoints):
             (ttl,) = ttls
             other = "5m" if ttl == "1h" else "1h"
+            # Only a TTL that fits the recorded gaps can save: 1h when some gap exceeds 5 minutes,
+            # 5m when none does (each candidate costs a replay of the whole run).
+            if (other == "1h") != (long_gaps > 0):
+                continue
             paths = sorted({p.path for layout in present for p in layout.breakpoints})
             requests = list(t.request for t in turns)
             for p in positions:
@@ -448,9 +453,9 @@ def _caching_problem(
 
 
 def _caching(
-    turns: Sequence[Turn], state: _State, pricer: Pricer, test: str | None, before: Decimal
+    turns: Sequence[Turn], state: _State, pricer: Pricer, test: str | None, before: Decimal, memo: LayoutMemo
 ) -> tuple[Lever | None, _State]:
-    layouts = _layouts(turns)
+    layouts = _layouts(turns, memo)
     best: tuple[Decimal, _Candidate, list[Mapping[str, Any]]] | None = None
     for candidate in _caching_candidates(turns, layouts):
         usage = _estimate(turns, candidate.requests)
@@ -647,7 +652,7 @@ def _large_blocks(layouts: Sequence[PromptLayout | None]) -> list[_Large]:
                 continue
             if block.canonical not in seen:
                 seen[block.canonical] = _Large(block.canonical, block.path, position, block.kind, len(block.canonical))
-    return sorted(seen.values(), key=lambda b: (-b.chars, b.first))[:10]
+    return sorted(seen.values(), key=lambda b: (-b.chars, b.first))[:_MAX_LARGE_BLOCKS]
 
 
 def _stub(block: dict[str, Any]) -> dict[str, Any]:
@@ -657,10 +662,10 @@ def _stub(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _context(
-    turns: Sequence[Turn], state: _State, pricer: Pricer, test: str | None, before: Decimal
+    turns: Sequence[Turn], state: _State, pricer: Pricer, test: str | None, before: Decimal, memo: LayoutMemo
 ) -> tuple[list[Lever], _State]:
     levers: list[Lever] = []
-    base_layouts = _layouts([replace(t, request=r) for t, r in zip(turns, state.requests, strict=True)])
+    base_layouts = _layouts([replace(t, request=r) for t, r in zip(turns, state.requests, strict=True)], memo)
     for large in _large_blocks(base_layouts):
         requests = list(state.requests)
         later: list[int] = []
@@ -752,9 +757,10 @@ def advise(ledger: Ledger, pricer: Pricer, options: AdviceOptions | None = None,
         return Advice((), growth)
     levers: list[Lever] = []
     has_requests = ledger.has_requests
+    memo = LayoutMemo()  # the layouts of every edit share their unchanged blocks
     try:
         if has_requests:
-            lever, state = _caching(turns, state, pricer, test, before)
+            lever, state = _caching(turns, state, pricer, test, before, memo)
             if lever is not None:
                 levers.append(lever)
                 before -= lever.saving_usd
@@ -767,7 +773,7 @@ def advise(ledger: Ledger, pricer: Pricer, options: AdviceOptions | None = None,
             levers.append(lever)
             before -= lever.saving_usd
         if has_requests:
-            context, state = _context(turns, state, pricer, test, before)
+            context, state = _context(turns, state, pricer, test, before, memo)
             levers.extend(context)
     except TokenBudgetError:
         return Advice(tuple(levers), growth, recorded)
