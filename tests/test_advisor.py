@@ -82,7 +82,14 @@ def test_report_names_each_problem_with_the_hand_computed_saving(pytester: pytes
     saving within 1% of the hand value, with the concrete change and its JSON path."""
     _copy_example(pytester)
     monkeypatch.setenv("TB_BLOCK_NETWORK", "1")
-    result = pytester.runpytest("--token-budget", "--token-budget-json=report.json", "-p", "no:cacheprovider")
+    result = pytester.runpytest(
+        "-v",
+        "--token-budget",
+        "--token-budget-json=report.json",
+        "--token-budget-md=report.md",
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(passed=4)
     document = read_json(pytester.path / "report.json")
     validate_report(document)
@@ -133,6 +140,10 @@ def test_report_names_each_problem_with_the_hand_computed_saving(pytester: pytes
         ]
     )
     assert "    caching: save $0.060380 (62% of $0.0969) at system[0]" in result.stdout.lines
+    assert '      change: add "cache_control": {"type": "ephemeral"} to system[0]' in result.stdout.lines  # -v
+    markdown = (pytester.path / "report.md").read_text()
+    assert "### What would save money" in markdown
+    assert "| caching | $0.060380 | 24,032 | 1 |" in markdown
 
 
 def test_fixing_each_problem_shows_the_predicted_saving_in_diff(pytester: pytest.Pytester, monkeypatch, capsys):
