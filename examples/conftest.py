@@ -4,3 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# examples/levers is a suite of its own (its own pytest.ini, cassettes and baseline): run it with
+# ``pytest examples/levers --token-budget``. README command 1 leaves it out.
+collect_ignore = ["levers"]

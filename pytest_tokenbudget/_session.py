@@ -58,6 +58,7 @@ class TestRun:
     __test__ = False  # not a pytest test class
 
     recorder: Recorder
+    batchable: bool = False
     body_passed: bool = False
     evaluation: Evaluation | None = None
 
@@ -173,7 +174,7 @@ class RunSession:
 
     # ------------------------------------------------------------------ one test
 
-    def open_test(self, nodeid: str, path: Path) -> TestRun:
+    def open_test(self, nodeid: str, path: Path, *, batchable: bool = False) -> TestRun:
         """The recorder of a test, its cassette (``path``, absolute) loaded.
 
         Raises:
@@ -188,7 +189,10 @@ class RunSession:
             allow_unused=settings.allow_unused,
             redactor=self.redactor,
         )
-        return TestRun(recorder)
+        from fnmatch import fnmatchcase
+
+        batchable = batchable or any(fnmatchcase(nodeid, pattern) for pattern in settings.batchable)
+        return TestRun(recorder, batchable)
 
     def after_call(self, run: TestRun, budget: Callable[[], Budget]) -> ReplayInterrupt | None:
         """After the test body passed: replay failures it swallowed, unplayed recordings, then
@@ -223,7 +227,7 @@ class RunSession:
         if not recorder.exchanges:
             return None  # no API call: nothing to judge
         try:
-            run.evaluation = self._evaluate(recorder, budget, test_passed=True)
+            run.evaluation = self._evaluate(recorder, budget, test_passed=True, batchable=run.batchable)
         except TokenBudgetError as error:
             error.test = recorder.test
             return ReplayInterrupt(error)
@@ -249,14 +253,17 @@ class RunSession:
             return None
         if evaluation is None:
             try:
-                evaluation = self._evaluate(recorder, budget, test_passed=False)
+                evaluation = self._evaluate(recorder, budget, test_passed=False, batchable=run.batchable)
             except TokenBudgetError:
                 return None
         self.results[recorder.test] = evaluation.result
         return evaluation.result
 
-    def _evaluate(self, recorder: Recorder, budget: Callable[[], Budget], *, test_passed: bool) -> Evaluation:
+    def _evaluate(
+        self, recorder: Recorder, budget: Callable[[], Budget], *, test_passed: bool, batchable: bool = False
+    ) -> Evaluation:
         from .evaluate import evaluate
+        from .levers import DEFAULT_CHEAP_MODEL, AdviceOptions
 
         settings = self.settings
         judged = settings.report and not settings.update
@@ -269,6 +276,7 @@ class RunSession:
             count_tokens=settings.count_tokens,
             test_passed=test_passed,
             require_prices=settings.report and not settings.allow_unpriced,
+            advice=AdviceOptions(batchable, settings.cheap_model or DEFAULT_CHEAP_MODEL) if settings.report else None,
         )
 
     # ------------------------------------------------------------------ xdist

@@ -172,6 +172,32 @@ OPTIONS: tuple[Option, ...] = (
         ini_default=[],
     ),
     Option(
+        "cheap-model",
+        "the cheap tier the advisor prices cheap-looking turns at (default: claude-haiku-5-5, the cheapest "
+        "current Haiku).",
+        metavar="MODEL",
+        ini="token_budget_cheap_model",
+        ini_help="the advisor's cheap tier (default claude-haiku-5-5)",
+        ini_default="",
+        cli="--cheap-model",
+        cli_help="the cheap tier cheap-looking turns are priced at (default claude-haiku-5-5)",
+        cli_default=None,
+    ),
+    Option(
+        "batchable",
+        "tests nobody waits on, for the advisor's batch lever: fnmatch patterns on node ids (repeatable); "
+        "also @pytest.mark.token_budget(batchable=True).",
+        action="append",
+        metavar="PATTERN",
+        ini="token_budget_batchable",
+        ini_help="node-id patterns of batchable tests, one per line",
+        ini_type="linelist",
+        ini_default=[],
+        cli="--batchable",
+        cli_help="cassette path patterns (fnmatch) whose calls nobody waits on (repeatable)",
+        cli_default=[],
+    ),
+    Option(
         "json",
         "write the report as JSON (schema: pytest_tokenbudget/schemas/report.schema.json).",
         metavar="PATH",
@@ -231,10 +257,14 @@ def add_pytest_options(parser: pytest.Parser) -> None:
         parser.addini(name, help_text, type=kind, default=default)  # type: ignore[arg-type]
 
 
-def add_cli_options(parser: argparse.ArgumentParser) -> None:
-    """Declare the options the ``tokenbudget`` command shares with the plugin."""
+_ADVISOR_CLI = frozenset({"--cheap-model", "--batchable"})
+
+
+def add_cli_options(parser: argparse.ArgumentParser, *, advisor: bool = False) -> None:
+    """Declare the options the ``tokenbudget`` command shares with the plugin (the advisor's
+    only on ``tokenbudget advise``)."""
     for option in OPTIONS:
-        if option.cli is None:
+        if option.cli is None or (option.cli in _ADVISOR_CLI and not advisor):
             continue
         extra: dict[str, Any] = {}
         if option.choices is not None:
@@ -279,6 +309,8 @@ class Settings:
             by ``--token-budget-suite-fail`` or the ini key when given.
         secret_env: environment variables (names or patterns) whose values are secrets besides
             those named like credentials.
+        cheap_model: the advisor's cheap tier (``None``: its default).
+        batchable: node-id patterns of tests nobody waits on (the advisor's batch lever).
     """
 
     record_mode: RecordMode
@@ -303,6 +335,8 @@ class Settings:
     overrides: Budget = field(default_factory=Budget)
     """``--token-budget-threshold``: budget keys over every test's marker and config file."""
     secret_env: tuple[str, ...] = ()
+    cheap_model: str | None = None
+    batchable: tuple[str, ...] = ()
 
     def display_path(self, path: Path) -> str:
         """``path`` relative to the rootdir when it is under it."""
@@ -407,6 +441,10 @@ def resolve(config: pytest.Config) -> Settings:
             for name in config.getoption("token_budget_secret_env") or config.getini("token_budget_secret_env")
             if name.strip()
         ),
+        cheap_model=config.getoption("token_budget_cheap_model")
+        or str(config.getini("token_budget_cheap_model"))
+        or None,
+        batchable=tuple(config.getoption("token_budget_batchable") or config.getini("token_budget_batchable")),
     )
 
 

@@ -10,6 +10,12 @@ Reads our cassettes, vcrpy cassettes (any serializer layout) and HAR files. A we
 with no priced turn (not a recording, no Anthropic API traffic, no billed turn) is listed in a
 note, not as an error.
 
+    tokenbudget advise cassettes/ -v              # what each lever would save (pytest_tokenbudget.levers)
+    tokenbudget diff old.json new.json            # before/after, per test and lever
+
+``diff`` exits 0 when nothing costs more in NEW, 1 when a test (or the total) does, 2 when a file
+cannot be read.
+
 Exit status: 0 when every cassette was read and priced, 1 when some could not be (they are
 listed with the reason; the rest are still reported), 2 for a usage error.
 """
@@ -20,7 +26,7 @@ import argparse
 import json
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import _ci
@@ -64,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     add_cli_options(gate)
     comment = commands.add_parser("comment", help="post or update the pull request comment of a JSON report")
     _ci.add_comment_arguments(comment)
+    advise = commands.add_parser("advise", help="what each lever (caching, batch, model tier, context) would save")
+    advise.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="cassette files or folders of them")
+    advise.add_argument("--json", action="store_true", help="print the JSON report (with levers) instead")
+    add_cli_options(advise, advisor=True)
+    advise.add_argument("-v", "--verbose", action="store_true", help="add each lever's assumption and change")
+    diff = commands.add_parser("diff", help="compare two JSON reports or baselines, per test and lever")
+    diff.add_argument("old", type=Path, metavar="OLD", help="the JSON report or baseline before")
+    diff.add_argument("new", type=Path, metavar="NEW", help="the JSON report or baseline after")
+    diff.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    diff.add_argument("--md", type=Path, metavar="PATH", help="also write the comparison as Markdown")
     return parser
 
 
@@ -75,7 +91,9 @@ def _no_turn_note(cassette: Cassette, ledger: Ledger) -> str | None:
     return "Anthropic API traffic but no billed turn (" + ", ".join(f"{n} x {k}" for k, n in calls.items()) + ")"
 
 
-def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[ReportError], list[ReportNote]]:
+def _read(
+    paths: Sequence[Path], pricer: Pricer, advise: Callable[[str, Ledger], TestEntry] | None = None
+) -> tuple[list[TestEntry], list[ReportError], list[ReportNote]]:
     """Each cassette's entry, priced; what could not be read, with the reason; files with no turn."""
     entries: list[TestEntry] = []
     errors: list[ReportError] = []
@@ -95,7 +113,7 @@ def _read(paths: Sequence[Path], pricer: Pricer) -> tuple[list[TestEntry], list[
         if note is not None:
             notes.append(ReportNote(name, note))
             continue
-        entries.append(build_entry(name, name, ledger, pricer))
+        entries.append(advise(name, ledger) if advise is not None else build_entry(name, name, ledger, pricer))
     return entries, errors, notes
 
 
@@ -106,18 +124,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ci.run_gate(args)
     if args.command == "comment":
         return _ci.run_comment(args)
+    if args.command == "diff":
+        from .reports.diff import run_diff
+
+        return run_diff(args.old, args.new, as_json=args.json, markdown=args.md)
     try:
         pricer = Pricer(override_files=args.prices, timestamp_policy=args.price_at)
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return 2
-    entries, unreadable, notes = _read(args.paths, pricer)
+    # Both commands advise (so their JSON is pytest's); ``advise`` takes the advisor's options
+    # and shows each lever's assumption and change.
+    from .reports.levers_view import advised_entry
+
+    batchable = getattr(args, "batchable", [])
+    cheap_model = getattr(args, "cheap_model", None)
+
+    def advise(name: str, ledger: Ledger) -> TestEntry:
+        return advised_entry(name, ledger, pricer, batchable=batchable, cheap_model=cheap_model)
+
+    entries, unreadable, notes = _read(args.paths, pricer, advise)
     report = build_report(entries, pricer.source.as_dict(), unreadable, notes)
     if args.json:
         json.dump(report_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        lines = render_text(report, verbose=args.verbose)
+        lines = render_text(report, verbose=args.verbose, lever_details=args.verbose or args.command == "advise")
         print("\n".join(lines) if lines else "no Claude API turns found")
     if args.html is not None:
         try:

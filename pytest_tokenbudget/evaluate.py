@@ -16,6 +16,7 @@ from .baseline import BaselineEntry, CachedPoint, CachedPrefix, GateResult, comp
 from .budgets import Budget, check_budget, where_tokens_went
 from .errors import TokenBudgetError
 from .ledger import Ledger
+from .levers import AdviceOptions, advise
 from .prefix import Difference
 from .pricing import Pricer
 from .record import Departure, Recorder, accept_command, count_tokens_live
@@ -86,6 +87,7 @@ def evaluate(
     count_tokens: bool = True,
     test_passed: bool = True,
     require_prices: bool = False,
+    advice: AdviceOptions | None = None,
 ) -> Evaluation:
     """Ledger, estimates for changed requests, prices, cache analysis, budgets and the gate.
 
@@ -99,6 +101,8 @@ def evaluate(
         test_passed: the test's body passed.
         require_prices: a turn that cannot be priced fails the test (the gate cannot judge
             what it cannot price).
+        advice: run the savings advisor (:mod:`pytest_tokenbudget.levers`) with these options
+            (``None``: no advice).
 
     Raises:
         TokenBudgetError: a recorded response cannot be read.
@@ -130,6 +134,9 @@ def evaluate(
     entry = result.entry = build_entry(
         nodeid, cassette_name(), ledger, pricer, analysis.turns if analysis is not None else None
     )
+    if advice is not None and entry.cost_usd is not None:
+        found = advise(ledger, pricer, advice, test=nodeid)
+        entry = result.entry = replace(entry, levers=found.levers, growth=found.growth)
     if require_prices and entry.cost_usd is None:
         return Evaluation(result, _unpriced(entry, pricer, nodeid))
     totals = ledger.totals()

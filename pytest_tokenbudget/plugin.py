@@ -26,11 +26,12 @@ _SESSION = pytest.StashKey[RunSession]()
 _RUN = pytest.StashKey[TestRun]()
 _MARKS = pytest.StashKey["dict[str, Any]"]()  # the test's token_budget keywords, read once
 
-_MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette")
+_MARKER_KEYS = (*BUDGET_KEYS, "record", "cassette", "batchable")
 _MARKER_HELP = (
     "token_budget(max_cost_usd=None, max_input_tokens=None, max_output_tokens=None, max_turns=None, "
-    "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None): "
-    "this test's token budget and recording options (see pytest_tokenbudget.budgets)."
+    "min_cache_hit_rate=None, prefix_stable=None, max_cost_increase=None, ..., record=True, cassette=None, "
+    "batchable=False): this test's token budget, recording options, and whether nobody waits on its calls "
+    "(the advisor's batch lever; see pytest_tokenbudget.budgets and pytest_tokenbudget.levers)."
 )
 
 
@@ -93,6 +94,11 @@ def _check_marker(item: pytest.Item) -> None:
             f"tokenbudget: {item.nodeid}: unknown token_budget keyword(s) "
             f"{', '.join(unknown)}; accepted: {', '.join(_MARKER_KEYS)}"
         )
+    if not isinstance(marker.kwargs.get("batchable", False), bool):
+        raise pytest.UsageError(
+            f"tokenbudget: {item.nodeid}: token_budget(batchable=...) takes True or False, "
+            f"got {marker.kwargs['batchable']!r}"
+        )
     try:
         _budget_of(item)
     except TokenBudgetError as error:
@@ -137,7 +143,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
         session = item.config.stash[_SESSION]
         failure: TokenBudgetError | None = None
         try:
-            run = session.open_test(item.nodeid, _cassette_of(item, session, _marker_kwargs(item)))
+            options = _marker_kwargs(item)
+            run = session.open_test(
+                item.nodeid, _cassette_of(item, session, options), batchable=options.get("batchable") is True
+            )
         except TokenBudgetError as error:
             error.test = item.nodeid
             failure = error

@@ -17,6 +17,7 @@ from typing import Any
 
 from .._suite import Metric, SuiteTotals, SuiteVerdict
 from ..ledger import Totals
+from .levers_view import levers_json, test_levers_json
 from .model import Coverage, GateLine, Report, TestEntry, TurnEntry
 
 __all__ = ["SCHEMA_VERSION", "report_json", "report_schema", "validate_report"]
@@ -30,7 +31,7 @@ def report_json(report: Report, gate: Sequence[GateLine] | None = None) -> dict[
         "schema_version": SCHEMA_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "price_source": dict(report.price_source),
-        "totals": _totals_json(report.totals, report.cost_usd),
+        "totals": {**_totals_json(report.totals, report.cost_usd), "levers": levers_json(report.levers)},
         "tests": [_test_json(entry) for entry in report.sorted_tests()],
         "errors": [
             {k: v for k, v in (("path", e.path), ("test", e.test), ("reason", e.reason)) if v is not None}
@@ -178,6 +179,7 @@ def _test_json(entry: TestEntry) -> dict[str, Any]:
         "totals": _totals_json(entry.totals, entry.cost_usd),
         "by_model": {model: _totals_json(totals, cost) for model, (totals, cost) in entry.by_model().items()},
     }
+    out.update(test_levers_json(entry))
     if entry.errors:
         out["errors"] = list(entry.errors)
     if entry.baseline is not None:

@@ -48,6 +48,9 @@ def render_markdown(report: Report, *, title: str = "Token budget", gate: Sequen
             rows.append(format_row("**total**", report.totals, report.cost_usd))
         for row in rows:
             out.append("| " + " | ".join([f"`{row[0]}`" if row[0] != "**total**" else row[0], *row[1:]]) + " |")
+        from .levers_view import render_levers_markdown
+
+        out.extend(render_levers_markdown(report))
     else:
         out.append("No Claude API turns.")
     out.append("")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..baseline import BaselineEntry
 from ..budgets import Budget
 from ..errors import TokenBudgetError
 from ..ledger import Ledger, Totals, Turn
-from ..levers import Lever
+from ..levers import Growth, Lever, flag_growth, suite_levers
 from ..prefix import Difference
 from ..pricing import Pricer, TurnCost
 
@@ -72,6 +72,8 @@ class TestEntry:
     """(turn, difference) of the first request that departs from its recording."""
     budget: Budget | None = None
     """The test's budget and gate thresholds as the run resolved them (marker, config file)."""
+    growth: Growth | None = None
+    """How its input grows per turn (filled in by the advisor; ``fast`` set over the suite)."""
 
     @property
     def cache_hit_rate(self) -> float:
@@ -236,6 +238,12 @@ class Report:
         costs = [e.cost_usd for e in self.tests if e.cost_usd is not None]
         return sum(costs, Decimal(0)) if costs else None
 
+    @property
+    def levers(self) -> tuple[Lever, ...]:
+        """The suite's saving per lever, summed over the tests (each measured on top of the
+        levers before it)."""
+        return suite_levers(entry.levers for entry in self.tests)
+
     def sorted_tests(self) -> list[TestEntry]:
         """Tests by cost, highest first (unpriced ones last), then by id."""
         return sorted(self.tests, key=lambda e: (e.cost_usd is None, -(e.cost_usd or 0), e.id))
@@ -282,6 +290,9 @@ def build_report(
     """The report of priced entries (those without turns are left out), with what could not be
     read and the notes on files skipped."""
     tests = tuple(entry for entry in entries if entry.turns)
+    # Input growth is judged against the suite: a test growing much faster than the rest is flagged.
+    growths = flag_growth({entry.id: entry.growth for entry in tests if entry.growth is not None})
+    tests = tuple(replace(entry, growth=growths[entry.id]) if entry.id in growths else entry for entry in tests)
     all_errors = list(errors)
     for entry in tests:
         all_errors.extend(

@@ -128,8 +128,9 @@ def _common_dir(ids: Sequence[str]) -> str:
     return first[:end]
 
 
-def render_text(report: Report, *, verbose: bool = False) -> list[str]:
-    """The report as terminal lines (empty when there is nothing to say)."""
+def render_text(report: Report, *, verbose: bool = False, lever_details: bool | None = None) -> list[str]:
+    """The report as terminal lines (empty when there is nothing to say); ``lever_details``
+    (default: ``verbose``) adds each lever's assumption and change."""
     if not report.tests and not report.errors and not report.notes:
         return []
     lines: list[str] = []
@@ -189,6 +190,9 @@ def render_text(report: Report, *, verbose: bool = False) -> list[str]:
             lines.append(f"  {test_id} turn {item.turn.index}: {item.cache.verdict}: {item.cache.reason}")
         if len(warnings) > _MAX_WARNINGS:
             lines.append(f"  ... and {len(warnings) - _MAX_WARNINGS} more (-v shows every turn)")
+    from .levers_view import render_levers_text
+
+    lines.extend(render_levers_text(report, verbose=verbose if lever_details is None else lever_details))
     lines.append("")
     lines.append(source_line(report.price_source))
     lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")
