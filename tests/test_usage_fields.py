@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from conftest import NETWORK_GUARD, read_json
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from pytest_tokenbudget.cassette import Body, Interaction
 from pytest_tokenbudget.ledger import AppliedEdit, applied_edits_of, iterations_of, turns_from
@@ -330,3 +332,42 @@ def test_usage_outside_the_top_level_end_to_end(pytester: pytest.Pytester, monke
     assert (totals["iterations_input_tokens"], totals["iterations_output_tokens"]) == (150900, 2560)
     assert totals["cleared_input_tokens"] == 1200
     assert Decimal(str(totals["cost_usd"])) == first + second + third
+
+
+# ------------------------------------------------------------------------------------ parsers
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+_ENTRY = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "compaction", "advisor_message", "fallback_message", "x"]) | _JSON,
+        "model": _JSON,
+        "input_tokens": st.integers(0, 10**7) | _JSON,
+        "output_tokens": st.integers(0, 10**7) | _JSON,
+        "cache_read_input_tokens": st.integers(0, 10**7) | _JSON,
+        "cleared_input_tokens": st.integers(0, 10**7) | _JSON,
+        "cleared_tool_uses": _JSON,
+    },
+)
+
+
+@given(entries=st.lists(_ENTRY | _JSON, max_size=6) | _JSON)
+@example(entries=[{"type": None, "input_tokens": True}])
+def test_usage_parsers_take_any_json(entries: Any) -> None:
+    """iterations_of and applied_edits_of never raise on what a cassette may hold: one typed entry
+    per object, counts that are not integers (booleans included) read as 0."""
+    iterations = iterations_of({"iterations": entries})
+    edits = applied_edits_of({"applied_edits": entries})
+    objects = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    assert len(iterations) == len(edits) == len(objects)
+    for item, entry in zip(iterations, objects, strict=True):
+        value = entry.get("input_tokens")
+        expected = value if isinstance(value, int) and not isinstance(value, bool) else 0
+        assert item.counts.uncached_input_tokens == expected
+    for edit, entry in zip(edits, objects, strict=True):
+        value = entry.get("cleared_input_tokens")
+        assert edit.cleared_input_tokens == (value if isinstance(value, int) and not isinstance(value, bool) else 0)
