@@ -10,7 +10,14 @@ included. For a stream it is assembled from ``message_start`` and each ``message
 the SDK's ``accumulate_event`` does: start from ``message_start.message.usage``; on each
 ``message_delta`` set ``output_tokens`` and overwrite ``input_tokens``, the cache counts,
 ``server_tool_use`` and ``output_tokens_details`` when they are not null (counts are cumulative:
-overwrite, never add). Unlike the SDK, unknown fields of a ``message_delta`` usage are kept too.
+overwrite, never add). Unlike the SDK, unknown fields of a ``message_delta`` usage are kept too,
+and ``usage.iterations`` and the event's ``context_management`` overwrite as the SDK's beta
+accumulator does (the non-beta one drops them; the recorded stream still has them).
+
+Usage outside the top-level counts is typed here too (:attr:`Turn.iterations`,
+:attr:`Turn.applied_edits`): ``usage.iterations`` entries of type ``compaction`` and
+``advisor_message`` are billed but not part of the top-level counts (Anthropic docs: compaction,
+advisor tool); ``message`` and ``fallback_message`` entries are (the top level is their sum).
 """
 
 from __future__ import annotations
@@ -25,7 +32,22 @@ from typing import Any
 from .cassette import Body, Interaction
 from .errors import CassetteError
 
-__all__ = ["Exchange", "Ledger", "TokenCounts", "Totals", "Turn", "parse_sse", "token_counts", "turns_from"]
+__all__ = [
+    "ITERATIONS_IN_TOP_LEVEL",
+    "ITERATIONS_OUTSIDE_TOP_LEVEL",
+    "AppliedEdit",
+    "Exchange",
+    "IterationUsage",
+    "Ledger",
+    "TokenCounts",
+    "Totals",
+    "Turn",
+    "applied_edits_of",
+    "iterations_of",
+    "parse_sse",
+    "token_counts",
+    "turns_from",
+]
 
 _DELTA_OVERWRITES = (
     "input_tokens",
@@ -33,7 +55,19 @@ _DELTA_OVERWRITES = (
     "cache_read_input_tokens",
     "server_tool_use",
     "output_tokens_details",
+    "iterations",
 )
+
+ITERATIONS_IN_TOP_LEVEL = frozenset({"message", "fallback_message"})
+"""``usage.iterations`` types the top-level counts already include: the top level is the sum of the
+``message`` entries (observed on real advisor recordings). ``fallback_message`` replaces the
+``message`` entry of the iteration a fallback model served (SDK ``BetaFallbackMessageIterationUsage``);
+that it is in the top level like ``message`` is an assumption (UNSURE: not documented)."""
+
+ITERATIONS_OUTSIDE_TOP_LEVEL = frozenset({"compaction", "advisor_message"})
+"""``usage.iterations`` types billed on top of the top-level counts (Anthropic docs: compaction,
+advisor tool; SDK ``BetaUsage.iterations`` docstring). An advisor entry is billed at its own
+``model``'s rates; a compaction entry names no model and is priced at the turn's (UNSURE)."""
 
 
 # The counts a usage object may carry, checked where a turn is read: a whole number from 0 to
@@ -92,6 +126,8 @@ class TokenCounts:
         cache_read_tokens: tokens read from the cache.
         output_tokens: output tokens, thinking included.
         web_search_requests: server-side web searches (``server_tool_use.web_search_requests``).
+        web_fetch_requests: server-side web fetches (``server_tool_use.web_fetch_requests``);
+            billed as the tokens they add only (Anthropic docs: pricing).
     """
 
     uncached_input_tokens: int = 0
@@ -100,6 +136,7 @@ class TokenCounts:
     cache_read_tokens: int = 0
     output_tokens: int = 0
     web_search_requests: int = 0
+    web_fetch_requests: int = 0
 
     @property
     def cache_write_tokens(self) -> int:
@@ -130,6 +167,95 @@ def token_counts(usage: Mapping[str, Any]) -> TokenCounts:
         cache_read_tokens=_int(usage.get("cache_read_input_tokens")),
         output_tokens=_int(usage.get("output_tokens")),
         web_search_requests=_int(_dig(usage, "server_tool_use", "web_search_requests")),
+        web_fetch_requests=_int(_dig(usage, "server_tool_use", "web_fetch_requests")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IterationUsage:
+    """One entry of ``usage.iterations`` (beta: server tool loops, compaction, advisor, fallback).
+
+    Attributes:
+        position: index in ``usage.iterations``, from 0.
+        kind: the entry's ``type`` as sent: ``message``, ``compaction``, ``advisor_message``,
+            ``fallback_message``, or a type this version does not know.
+        model: the entry's ``model`` (advisor and fallback entries name theirs), else ``None``.
+        counts: its billed quantities (same rules as the top level, :func:`token_counts`).
+        usage: the entry as recorded.
+    """
+
+    position: int
+    kind: str
+    model: str | None
+    counts: TokenCounts
+    usage: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def in_top_level(self) -> bool:
+        """Whether the turn's top-level counts already include this entry."""
+        return self.kind in ITERATIONS_IN_TOP_LEVEL
+
+    @property
+    def billed_outside_top_level(self) -> bool:
+        """Whether this entry is billed on top of the top-level counts (compaction, advisor)."""
+        return self.kind in ITERATIONS_OUTSIDE_TOP_LEVEL
+
+
+def iterations_of(usage: Mapping[str, Any]) -> tuple[IterationUsage, ...]:
+    """The typed ``usage.iterations`` entries (empty when absent or not a list; non-objects skipped)."""
+    entries = usage.get("iterations")
+    if not isinstance(entries, list):
+        return ()
+    return tuple(
+        IterationUsage(
+            position,
+            str(entry.get("type") or "unknown"),
+            str(entry["model"]) if isinstance(entry.get("model"), str) else None,
+            token_counts(entry),
+            entry,
+        )
+        for position, entry in enumerate(entries)
+        if isinstance(entry, Mapping)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEdit:
+    """One context-editing edit the API applied (``context_management.applied_edits``, beta).
+
+    A clear removes content from the prompt before it is sampled, so the cached prefix stops at
+    the first cleared block (the cache analysis decides what that costs).
+
+    Attributes:
+        kind: the edit's ``type``, e.g. ``clear_tool_uses_20250919``, ``clear_thinking_20251015``.
+        cleared_input_tokens: input tokens the edit removed.
+        cleared_tool_uses: tool uses cleared (``clear_tool_uses_*``), else ``None``.
+        cleared_thinking_turns: thinking turns cleared (``clear_thinking_*``), else ``None``.
+        edit: the edit as recorded.
+    """
+
+    kind: str
+    cleared_input_tokens: int
+    cleared_tool_uses: int | None = None
+    cleared_thinking_turns: int | None = None
+    edit: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def applied_edits_of(context_management: Any) -> tuple[AppliedEdit, ...]:
+    """The typed ``applied_edits`` of a response's ``context_management`` (empty when absent)."""
+    edits = context_management.get("applied_edits") if isinstance(context_management, Mapping) else None
+    if not isinstance(edits, list):
+        return ()
+    return tuple(
+        AppliedEdit(
+            str(edit.get("type") or "unknown"),
+            _int(edit.get("cleared_input_tokens")),
+            _int(edit["cleared_tool_uses"]) if "cleared_tool_uses" in edit else None,
+            _int(edit["cleared_thinking_turns"]) if "cleared_thinking_turns" in edit else None,
+            edit,
+        )
+        for edit in edits
+        if isinstance(edit, Mapping)
     )
 
 
@@ -146,6 +272,11 @@ class Totals:
         cache_write_1h_tokens: tokens written with a 1-hour TTL.
         cache_read_input_tokens: tokens read from the cache.
         output_tokens: output tokens, thinking included.
+        iterations_input_tokens: every input token (uncached + cache writes + reads) of the
+            ``usage.iterations`` entries billed outside the top-level counts (compaction,
+            advisor); not in the counts above.
+        iterations_output_tokens: output tokens of those entries; not in :attr:`output_tokens`.
+        cleared_input_tokens: input tokens context editing cleared (``applied_edits``).
     """
 
     turns: int = 0
@@ -155,6 +286,9 @@ class Totals:
     cache_write_1h_tokens: int = 0
     cache_read_input_tokens: int = 0
     output_tokens: int = 0
+    iterations_input_tokens: int = 0
+    iterations_output_tokens: int = 0
+    cleared_input_tokens: int = 0
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -191,6 +325,9 @@ _TOTAL_FIELDS = (
     "cache_write_1h_tokens",
     "cache_read_input_tokens",
     "output_tokens",
+    "iterations_input_tokens",
+    "iterations_output_tokens",
+    "cleared_input_tokens",
 )
 
 
@@ -238,8 +375,6 @@ class Turn:
         has_diagnostics: whether the response carried a ``diagnostics`` key.
         recorded_at: POSIX seconds when the request started.
         responded_at: POSIX seconds when its response had been received, if recorded.
-        applied_edits: the response's ``context_management.applied_edits`` (context editing), as
-            recorded; empty when none.
         message_id: the response's message id.
         custom_id: the batch request's ``custom_id``.
         batch_id: the batch's id.
@@ -249,6 +384,7 @@ class Turn:
         estimate_method: how :attr:`usage` was estimated, when the request changed since it was
             recorded (``None``: the usage is what the API reported).
         recorded_usage: the recorded usage an estimate replaced.
+        context_management: the response's ``context_management`` (beta context editing), if any.
     """
 
     index: int
@@ -263,7 +399,6 @@ class Turn:
     recorded_at: float | None = None
     message_id: str | None = None
     responded_at: float | None = None
-    applied_edits: tuple[Mapping[str, Any], ...] = ()
     custom_id: str | None = None
     batch_id: str | None = None
     stop_reason: str | None = None
@@ -271,6 +406,7 @@ class Turn:
     request: Any = field(default=None, repr=False, compare=False)
     estimate_method: str | None = None
     recorded_usage: Mapping[str, Any] | None = None
+    context_management: Any = None
 
     @property
     def estimated(self) -> bool:
@@ -335,6 +471,42 @@ class Turn:
         return str(value) if value is not None else None
 
     @property
+    def inference_geo(self) -> str | None:
+        """Where inference ran (e.g. ``us``, ``global``) when reported."""
+        value = self.usage.get("inference_geo")
+        return str(value) if value is not None else None
+
+    @property
+    def web_search_requests(self) -> int:
+        """Server-side web searches (``usage.server_tool_use.web_search_requests``), billed per search."""
+        return self.counts.web_search_requests
+
+    @property
+    def web_fetch_requests(self) -> int:
+        """Server-side web fetches (``usage.server_tool_use.web_fetch_requests``); billed as tokens only."""
+        return self.counts.web_fetch_requests
+
+    @property
+    def iterations(self) -> tuple[IterationUsage, ...]:
+        """``usage.iterations``, typed (empty when the API sent none)."""
+        return iterations_of(self.usage)
+
+    @property
+    def billed_iterations(self) -> tuple[IterationUsage, ...]:
+        """The iterations billed on top of the top-level counts (compaction, advisor)."""
+        return tuple(i for i in self.iterations if i.billed_outside_top_level)
+
+    @property
+    def applied_edits(self) -> tuple[AppliedEdit, ...]:
+        """Context-editing edits the API applied to this turn's prompt, typed."""
+        return applied_edits_of(self.context_management)
+
+    @property
+    def cleared_input_tokens(self) -> int:
+        """Input tokens context editing cleared from this turn's prompt (sum over edits)."""
+        return sum(edit.cleared_input_tokens for edit in self.applied_edits)
+
+    @property
     def cache_miss_reason(self) -> Any:
         """The API's ``diagnostics.cache_miss_reason``, when it gave one."""
         if isinstance(self.diagnostics, Mapping):
@@ -349,6 +521,7 @@ class Turn:
     def totals(self) -> Totals:
         """This turn as :class:`Totals`."""
         counts = self.counts
+        extra = self.billed_iterations
         return Totals(
             1,
             counts.uncached_input_tokens,
@@ -357,6 +530,9 @@ class Turn:
             counts.cache_write_1h_tokens,
             counts.cache_read_tokens,
             counts.output_tokens,
+            sum(i.counts.total_input_tokens for i in extra),
+            sum(i.counts.output_tokens for i in extra),
+            self.cleared_input_tokens,
         )
 
 
@@ -591,12 +767,6 @@ def turns_from(interactions: Iterable[Interaction], *, source: str | Path = "", 
     return Ledger(turns, exchanges, where)
 
 
-def _applied_edits(message: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
-    management = message.get("context_management")
-    edits = management.get("applied_edits") if isinstance(management, Mapping) else None
-    return tuple(e for e in edits if isinstance(e, Mapping)) if isinstance(edits, list) else ()
-
-
 def playback_problem(interaction: Interaction) -> str | None:
     """Why a recorded response must not be handed to the SDK, or ``None`` when it can be.
 
@@ -663,11 +833,11 @@ def _message_turn(interaction: Interaction, index: int, position: int) -> Turn:
         has_diagnostics="diagnostics" in message,
         recorded_at=interaction.recorded_at,
         responded_at=interaction.responded_at,
-        applied_edits=_applied_edits(message),
         message_id=message.get("id"),
         stop_reason=message.get("stop_reason"),
         incomplete=incomplete,
         request=request,
+        context_management=message.get("context_management"),
     )
 
 
@@ -718,5 +888,6 @@ def _batch_turns(
             batch_id=batch_id,
             stop_reason=message.get("stop_reason"),
             request=request,
+            context_management=message.get("context_management"),
         )
         index += 1

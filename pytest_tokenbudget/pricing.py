@@ -31,8 +31,17 @@ Rules, per turn (sources: Anthropic's pricing and prompt-caching docs, genai-pri
   prices each turn at its ``recorded_at`` (falling back to that fixed instant, with a note).
 - Unknown model: :class:`~pytest_tokenbudget.errors.PriceError` naming the model, the test and
   the override file to add it to; never a silent $0.
-- Not priced (noted when present): ``usage.iterations`` entries other than ``message``
-  (compaction, advisor, fallback), code execution hours.
+- ``usage.iterations`` (beta: compaction, advisor tool, server tool loops): the top level is the
+  sum of the ``message`` entries, so those are not priced again; ``compaction`` and
+  ``advisor_message`` entries are billed on top of it (Anthropic docs: compaction, advisor tool)
+  and priced here, each as a usage of its own, into the ``iterations`` breakdown key and
+  :attr:`TurnCost.iterations`. An advisor entry is priced at its own ``model``'s rates; a
+  compaction entry names no model and is priced at the turn's (UNSURE); both take the turn's
+  batch, fast and ``inference_geo`` context (UNSURE). A ``fallback_message`` entry is taken to be
+  in the top level like ``message`` (UNSURE); an entry of an unknown type is not priced (noted).
+  When the ``message``/``fallback_message`` entries do not sum to the top level, a note says so.
+- Not priced (noted when present): code execution hours. Web fetches are billed as the tokens
+  they add only (docs: pricing), so ``server_tool_use.web_fetch_requests`` costs nothing itself.
 
 Override file (YAML; JSON is YAML too), validated against ``schemas/prices.schema.json``::
 
@@ -70,7 +79,7 @@ import functools
 import importlib.metadata
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -79,7 +88,7 @@ from typing import TYPE_CHECKING, Any
 from ._modes import PriceAt
 from ._validate import line_of, load_yaml
 from .errors import ConfigError, PriceError
-from .ledger import TokenCounts, Turn, _dig, token_counts
+from .ledger import IterationUsage, TokenCounts, Turn, _dig, iterations_of, token_counts
 
 if TYPE_CHECKING:  # genai-prices (and the HTTP client it imports) loads when a turn is first priced
     import genai_prices
@@ -88,8 +97,10 @@ if TYPE_CHECKING:  # genai-prices (and the HTTP client it imports) loads when a 
 __all__ = [
     "COMPONENTS",
     "DEFAULT_PRICE_FILE",
+    "ITERATIONS",
     "TIMESTAMP_POLICIES",
     "UNATTRIBUTED",
+    "IterationCost",
     "PriceFile",
     "PriceOverride",
     "PriceSource",
@@ -100,6 +111,10 @@ __all__ = [
 
 COMPONENTS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output", "web_search")
 """Keys of :attr:`TurnCost.breakdown`, always all present."""
+
+ITERATIONS = "iterations"
+"""Extra breakdown key, present only when ``usage.iterations`` has entries billed outside the
+top-level counts (compaction, advisor): their USD, itemised in :attr:`TurnCost.iterations`."""
 
 UNATTRIBUTED = "unattributed"
 """Extra breakdown key, present only if genai-prices' total differs from the component sum."""
@@ -190,6 +205,40 @@ class PriceSource:
 
 
 @dataclass(frozen=True)
+class IterationCost:
+    """The price of one ``usage.iterations`` entry billed outside the top-level counts.
+
+    Attributes:
+        position: index in ``usage.iterations``.
+        kind: ``compaction`` or ``advisor_message``.
+        model: the model it was priced at (the entry's, else the turn's).
+        counts: its billed quantities.
+        cost_usd: its USD (included in the turn's ``cost_usd``).
+        breakdown: USD per component (:data:`COMPONENTS`).
+        model_ref: the genai-prices entry or override key that priced it.
+    """
+
+    position: int
+    kind: str
+    model: str
+    counts: TokenCounts
+    cost_usd: Decimal
+    breakdown: dict[str, Decimal] = field(hash=False)
+    model_ref: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; amounts as decimal strings (exact)."""
+        return {
+            "position": self.position,
+            "type": self.kind,
+            "model": self.model,
+            "model_ref": self.model_ref,
+            "cost_usd": str(self.cost_usd),
+            "breakdown": {name: str(value) for name, value in self.breakdown.items()},
+        }
+
+
+@dataclass(frozen=True)
 class TurnCost:
     """The price of one turn.
 
@@ -204,6 +253,8 @@ class TurnCost:
             override key.
         source: ``"genai-prices"`` or the override file's path.
         notes: rules applied or unsure, e.g. ``"batch: 50% of standard token prices"``.
+        iterations: the ``usage.iterations`` entries billed outside the top level, each priced
+            (their sum is ``breakdown["iterations"]``).
     """
 
     cost_usd: Decimal
@@ -211,16 +262,20 @@ class TurnCost:
     model_ref: str
     source: str
     notes: tuple[str, ...] = ()
+    iterations: tuple[IterationCost, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict; amounts as decimal strings (exact)."""
-        return {
+        out: dict[str, Any] = {
             "cost_usd": str(self.cost_usd),
             "breakdown": {name: str(value) for name, value in self.breakdown.items()},
             "model_ref": self.model_ref,
             "source": self.source,
             "notes": list(self.notes),
         }
+        if self.iterations:
+            out["iterations"] = [item.as_dict() for item in self.iterations]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +581,7 @@ class Pricer:
         cost = self.price_usage(turn.model, turn.usage, batch=turn.endpoint == "batch", at=at, test=test)
         if not notes:
             return cost
-        return TurnCost(cost.cost_usd, cost.breakdown, cost.model_ref, cost.source, (*notes, *cost.notes))
+        return replace(cost, notes=(*notes, *cost.notes))
 
     def price_usage(
         self,
@@ -588,7 +643,6 @@ class Pricer:
             notes.append("batch and fast mode together (the API refuses speed in batches; UNSURE)")
         if tier == "priority":
             notes.append("priority tier: priced as standard (UNSURE)")
-        notes.extend(_iteration_notes(usage))
 
         amounts = priced.amounts
         geo = usage.get("inference_geo")
@@ -599,8 +653,45 @@ class Pricer:
                 for name, value in amounts.items()
             }
             notes.append(f"inference_geo {geo}: {_factor(factor)} on token prices")
+        iterations = iterations_of(usage)
+        priced_iterations = tuple(
+            self._price_iteration(item, model, usage, batch=batch, at=at, test=test)
+            for item in iterations
+            if item.billed_outside_top_level
+        )
+        notes.extend(_iteration_notes(model, counts, iterations, priced_iterations))
+        if priced_iterations:
+            amounts = {**amounts, ITERATIONS: sum((item.cost_usd for item in priced_iterations), Decimal(0))}
         total = sum(amounts.values(), Decimal(0))
-        return TurnCost(total, amounts, priced.model_ref, priced.source, tuple(notes))
+        return TurnCost(total, amounts, priced.model_ref, priced.source, tuple(notes), priced_iterations)
+
+    def _price_iteration(
+        self,
+        item: IterationUsage,
+        model: str,
+        usage: Mapping[str, Any],
+        *,
+        batch: bool,
+        at: datetime,
+        test: str | None,
+    ) -> IterationCost:
+        """One iteration billed outside the top level, priced as a usage of its own.
+
+        It takes the turn's ``service_tier``, ``speed`` and ``inference_geo`` (UNSURE: the entries
+        carry none of their own), and its own ``model`` when it names one (advisor entries do).
+        """
+        context = {key: usage[key] for key in ("service_tier", "speed", "inference_geo") if key in usage}
+        own = {key: value for key, value in item.usage.items() if key not in ("type", "model", "iterations")}
+        cost = self.price_usage(item.model or model, {**own, **context}, batch=batch, at=at, test=test)
+        return IterationCost(
+            item.position,
+            item.kind,
+            item.model or model,
+            item.counts,
+            cost.cost_usd,
+            cost.breakdown,
+            cost.model_ref,
+        )
 
     # ----------------------------------------------------------------------------------------
 
@@ -783,14 +874,45 @@ def _geo_multiplier(geo: Any, rules: Mapping[str, Decimal] | None, model: str) -
     return Decimal(1)
 
 
-def _iteration_notes(usage: Mapping[str, Any]) -> list[str]:
-    iterations = usage.get("iterations")
-    if not isinstance(iterations, list):
+def _iteration_notes(
+    model: str,
+    counts: TokenCounts,
+    iterations: Sequence[IterationUsage],
+    priced: Sequence[IterationCost],
+) -> list[str]:
+    """What the pricing of ``usage.iterations`` assumed, and where the data disagrees with it."""
+    if not iterations:
         return []
-    kinds = [
-        str(item.get("type")) for item in iterations if isinstance(item, Mapping) and item.get("type") != "message"
-    ]
-    if not kinds:
-        return []
-    counted = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
-    return [f"usage.iterations: {counted} not priced (billed outside the top-level usage; UNSURE)"]
+    notes = []
+    for item in priced:
+        whose = "its own model" if item.model != model else "the turn's model"
+        unsure = " (UNSURE: the entry names no model)" if item.kind == "compaction" else ""
+        notes.append(
+            f"usage.iterations[{item.position}] {item.kind}: {item.counts.total_input_tokens:,} input + "
+            f"{item.counts.output_tokens:,} output tokens billed outside the top-level usage, priced at "
+            f"{whose} {item.model} (${item.cost_usd}){unsure}"
+        )
+    if priced:
+        notes.append("usage.iterations: the turn's service tier, speed and inference_geo applied to them (UNSURE)")
+    kinds = [i.kind for i in iterations if not i.in_top_level and not i.billed_outside_top_level]
+    if kinds:
+        counted = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+        notes.append(f"usage.iterations: {counted} of an unknown type not priced (UNSURE)")
+    if any(i.kind == "fallback_message" for i in iterations):
+        notes.append("usage.iterations: fallback_message taken as part of the top-level usage (UNSURE)")
+    inside = [i.counts for i in iterations if i.in_top_level]
+    if inside:
+        summed = (
+            sum(c.uncached_input_tokens for c in inside),
+            sum(c.cache_write_tokens for c in inside),
+            sum(c.cache_read_tokens for c in inside),
+            sum(c.output_tokens for c in inside),
+        )
+        top = (counts.uncached_input_tokens, counts.cache_write_tokens, counts.cache_read_tokens, counts.output_tokens)
+        if summed != top:
+            notes.append(
+                "usage.iterations: message entries sum to input/cache write/cache read/output "
+                f"{'/'.join(map(str, summed))}, the top level says {'/'.join(map(str, top))}; "
+                "priced from the top level (UNSURE)"
+            )
+    return notes

@@ -1,8 +1,10 @@
 """Recording and replaying a test's Anthropic traffic through vcrpy.
 
-vcrpy's patchers intercept every HTTP client it knows (``httpx2``, which the anthropic SDK 2.x
-uses, plain ``httpx``, requests, aiohttp...). They hand each request to a cassette object; ours,
-:class:`Recorder`, decides per request:
+vcrpy's patchers intercept every HTTP client it knows (``httpx2``, which the anthropic SDK 1.x
+and 2.x use, plain ``httpx``, which 0.x uses, requests, aiohttp...), so one recorder serves every
+SDK line; cassettes recorded with one line replay with another (request bodies are compared
+parsed, and the ``?beta=true`` query older SDKs add is not part of the matched path). They
+hand each request to a cassette object; ours, :class:`Recorder`, decides per request:
 
 * traffic that is not Anthropic's (no ``anthropic-version`` header, not ``*.anthropic.com``)
   passes through untouched and is never recorded;

@@ -318,11 +318,11 @@ def test_context_editing_clear_invalidates_from_the_first_cleared_result(report:
     from pytest_tokenbudget.ledger import turns_from
 
     turns = turns_from(load_cassette(Path(report["_root"]["path"]) / test["cassette"]).interactions)
-    assert [t.applied_edits for t in turns] == [
-        (),
-        (),
-        (),
-        ({"type": "clear_tool_uses_20250919", "cleared_tool_uses": 1, "cleared_input_tokens": 160},),
+    assert [[dict(e.edit) for e in t.applied_edits] for t in turns] == [
+        [],
+        [],
+        [],
+        [{"type": "clear_tool_uses_20250919", "cleared_tool_uses": 1, "cleared_input_tokens": 160}],
     ]
 
 

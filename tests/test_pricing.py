@@ -261,8 +261,9 @@ def test_cache_creation_excess_is_5m_writes(pricer: Pricer) -> None:
     assert cost.breakdown["cache_write_1h"] == Decimal(0)
 
 
-def test_unpriced_iterations_and_incomplete_stream_are_noted(pricer: Pricer) -> None:
-    """Compaction iterations are not priced, and the notes say so; so is a stream cut by an error."""
+def test_priced_iterations_and_incomplete_stream_are_noted(pricer: Pricer) -> None:
+    """Compaction iterations are priced on top of the top level (issue 13), and the notes say how;
+    so is a stream cut by an error."""
     usage = {
         "input_tokens": 10,
         "output_tokens": 5,
@@ -272,10 +273,12 @@ def test_unpriced_iterations_and_incomplete_stream_are_noted(pricer: Pricer) -> 
         ],
     }
     cost = pricer.price(make_turn("claude-opus-4-6", usage, incomplete=True))
-    assert cost.cost_usd == Decimal("0.000175")
+    assert cost.cost_usd == Decimal("0.000175") + Decimal("0.00175")  # + 100 x $5 + 50 x $25, per 1e6
     assert cost.notes == (
         "stream ended with an error event: priced on the usage received so far",
-        "usage.iterations: 1 compaction not priced (billed outside the top-level usage; UNSURE)",
+        "usage.iterations[0] compaction: 100 input + 50 output tokens billed outside the top-level usage, "
+        "priced at the turn's model claude-opus-4-6 ($0.00175) (UNSURE: the entry names no model)",
+        "usage.iterations: the turn's service tier, speed and inference_geo applied to them (UNSURE)",
     )
 
 

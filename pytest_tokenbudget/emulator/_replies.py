@@ -50,6 +50,10 @@ class Reply:
         usage: usage fields to add or override (e.g. ``{"server_tool_use": {...}}``).
         latency: seconds (real time) the response takes to come; the cache entries the request
             writes are readable only from then on, so a request sent meanwhile misses them.
+        iterations: ``usage.iterations`` entries before the final sampling (compaction, advisor,
+            earlier server-tool iterations); see :meth:`with_iterations`.
+        applied_edits: context editing's ``context_management.applied_edits``; see
+            :meth:`with_applied_edits`.
     """
 
     content: tuple[Mapping[str, Any], ...] = ()
@@ -65,6 +69,27 @@ class Reply:
     def with_latency(self, seconds: float) -> Reply:
         """This reply, answered after ``seconds`` of real time (see :attr:`latency`)."""
         return replace(self, latency=seconds)
+
+    iterations: tuple[Mapping[str, Any], ...] = ()
+    applied_edits: tuple[Mapping[str, Any], ...] = ()
+
+    def with_iterations(self, *entries: Mapping[str, Any]) -> Reply:
+        """This reply, its usage reporting ``usage.iterations`` (beta): ``entries``, then one
+        ``message`` entry for the final sampling, as the API reports compaction, the advisor
+        tool and server-tool loops.
+
+        Each entry is ``{"type": ..., "input_tokens": ..., "output_tokens": ...}`` plus optional
+        cache counts (and ``model`` for ``advisor_message``). ``message`` entries are added to
+        the top-level counts (the API's top level is the sum of its ``message`` entries);
+        ``compaction`` and ``advisor_message`` entries are not: they are billed outside it.
+        """
+        return replace(self, iterations=(*self.iterations, *(dict(entry) for entry in entries)))
+
+    def with_applied_edits(self, *edits: Mapping[str, Any]) -> Reply:
+        """This reply, its response carrying ``context_management.applied_edits`` (beta context
+        editing), e.g. ``{"type": "clear_tool_uses_20250919", "cleared_tool_uses": 3,
+        "cleared_input_tokens": 1200}``. The emulator reports the edits; it does not clear."""
+        return replace(self, applied_edits=(*self.applied_edits, *(dict(edit) for edit in edits)))
 
     @classmethod
     def text(cls, text: str, *, stop_reason: str = "end_turn", thinking: str | None = None) -> Reply:

@@ -24,6 +24,7 @@ from ..cache_model import CacheStore, cache_layout, diagnose, simulate
 from ..prefix import LayoutMemo, PromptLayout
 from ._replies import Clock, Reply
 from ._tokens import cumulative_tokens, output_tokens
+from ._usage import context_management_of, report_usage
 
 __all__ = ["AnthropicEmulator", "EmulatedRequest"]
 
@@ -363,6 +364,7 @@ class AnthropicEmulator:
         }
         if body.get("speed") is not None:
             usage["speed"] = body["speed"]
+        report_usage(usage, content, body, reply)
         usage.update(reply.usage)
         message: dict[str, Any] = {
             "id": message_id,
@@ -374,8 +376,10 @@ class AnthropicEmulator:
             "stop_sequence": None,
             "usage": usage,
         }
-        if applied_edits is not None:
-            message["context_management"] = {"applied_edits": applied_edits}
+        scripted = context_management_of(reply)
+        edits = [*(applied_edits or ()), *(scripted["applied_edits"] if scripted is not None else ())]
+        if applied_edits is not None or scripted is not None:
+            message["context_management"] = {"applied_edits": edits}
         diagnostics = self._diagnostics(body, headers, layout)
         if diagnostics is not _ABSENT:
             message["diagnostics"] = diagnostics
@@ -631,9 +635,11 @@ def _chunks(text: str) -> Iterator[str]:
 def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
     """The SSE events of a message, in the order the API sends them (Anthropic docs: Streaming Messages)."""
     usage = dict(message["usage"])
-    start_usage = {k: v for k, v in usage.items() if k not in ("output_tokens", "server_tool_use")}
+    # iterations come on message_delta only (the SDK's beta accumulator reads them there)
+    start_usage = {k: v for k, v in usage.items() if k not in ("output_tokens", "server_tool_use", "iterations")}
     start_usage["output_tokens"] = 1
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    start.pop("context_management", None)  # on message_delta, as the API sends it
     yield _event("message_start", {"type": "message_start", "message": start})
     for index, block in enumerate(message["content"]):
         if reply.stream_error_after is not None and index >= reply.stream_error_after:
@@ -708,6 +714,7 @@ def _sse(message: Mapping[str, Any], reply: Reply) -> Iterator[bytes]:
             "output_tokens",
             "server_tool_use",
             "output_tokens_details",
+            "iterations",
         )
         if k in usage
     }

@@ -142,8 +142,62 @@ def _totals_json(totals: Totals, cost: Decimal | None) -> dict[str, Any]:
         "cache_read_input_tokens": totals.cache_read_input_tokens,
         "output_tokens": totals.output_tokens,
         "total_input_tokens": totals.total_input_tokens,
+        "iterations_input_tokens": totals.iterations_input_tokens,
+        "iterations_output_tokens": totals.iterations_output_tokens,
+        "cleared_input_tokens": totals.cleared_input_tokens,
         "cost_usd": _money(cost),
         "cache_hit_rate": round(totals.cache_hit_rate, 6),
+    }
+
+
+def _usage_details(entry: TurnEntry) -> dict[str, Any] | None:
+    """The usage the API reports outside the top-level counts, typed; ``None`` when there is none."""
+    turn = entry.turn
+    iterations, edits = turn.iterations, turn.applied_edits
+    special = (
+        turn.service_tier not in (None, "standard")
+        or turn.speed not in (None, "standard")
+        or turn.inference_geo is not None
+    )
+    if not (iterations or edits or special or turn.web_search_requests or turn.web_fetch_requests):
+        return None
+    priced = {item.position: item for item in entry.cost.iterations} if entry.cost is not None else {}
+    rows = []
+    for item in iterations:
+        counts = item.counts
+        row: dict[str, Any] = {
+            "position": item.position,
+            "type": item.kind,
+            "model": item.model,
+            "in_top_level": item.in_top_level,
+            "billed_outside_top_level": item.billed_outside_top_level,
+            "input_tokens": counts.uncached_input_tokens,
+            "cache_creation_input_tokens": counts.cache_write_tokens,
+            "cache_read_input_tokens": counts.cache_read_tokens,
+            "output_tokens": counts.output_tokens,
+        }
+        cost = priced.get(item.position)
+        if cost is not None:
+            row["priced_model"] = cost.model
+            row["cost_usd"] = _money(cost.cost_usd)
+        rows.append(row)
+    return {
+        "service_tier": turn.service_tier,
+        "speed": turn.speed,
+        "inference_geo": turn.inference_geo,
+        "web_search_requests": turn.web_search_requests,
+        "web_fetch_requests": turn.web_fetch_requests,
+        "iterations": rows,
+        "applied_edits": [
+            {
+                "type": edit.kind,
+                "cleared_input_tokens": edit.cleared_input_tokens,
+                "cleared_tool_uses": edit.cleared_tool_uses,
+                "cleared_thinking_turns": edit.cleared_thinking_turns,
+            }
+            for edit in edits
+        ],
+        "cleared_input_tokens": turn.cleared_input_tokens,
     }
 
 
@@ -168,6 +222,9 @@ def _turn_json(entry: TurnEntry) -> dict[str, Any]:
         out["price"] = {"model_ref": entry.cost.model_ref, "source": entry.cost.source, "notes": list(entry.cost.notes)}
     if entry.cache is not None:
         out["cache"] = entry.cache.as_dict()
+    details = _usage_details(entry)
+    if details is not None:
+        out["usage_details"] = details
     return out
 
 
