@@ -288,14 +288,15 @@ def test_usage_outside_the_top_level_end_to_end(pytester: pytest.Pytester, monke
     top = [
         (t["usage"]["input_tokens"], t["usage"]["cache_read_input_tokens"], t["usage"]["output_tokens"]) for t in turns
     ]
-    # the emulator's token counts; turn 2's top level is the sum of its two message entries
-    assert top == [(2938, 0, 68), (2950, 0, 8), (106, 0, 16)]
+    # the emulator's token counts (server tool results in a reply are not model output); turn 2's
+    # top level is the sum of its two message entries
+    assert top == [(2938, 0, 30), (2950, 0, 8), (106, 0, 16)]
     assert [t["usage_details"]["iterations"][-1]["input_tokens"] for t in turns[1:]] == [2950, 66]
 
     # turn 0: two web searches (USD 10 per 1,000) and inference_geo "us" (x1.1 on Opus 4.6 tokens)
     geo = Decimal("1.1")
-    first = (2938 * 5 * geo + 68 * 25 * geo) / M + Decimal("0.02")
-    assert Decimal(str(turns[0]["cost_usd"])) == first == Decimal("0.038029")
+    first = (2938 * 5 * geo + 30 * 25 * geo) / M + Decimal("0.02")
+    assert Decimal(str(turns[0]["cost_usd"])) == first == Decimal("0.036984")
     assert turns[0]["cost_breakdown"]["web_search"] == 0.02
     details = turns[0]["usage_details"]
     assert (details["web_search_requests"], details["inference_geo"], details["service_tier"]) == (2, "us", "standard")
@@ -328,7 +329,7 @@ def test_usage_outside_the_top_level_end_to_end(pytester: pytest.Pytester, monke
     assert turns[2]["usage_details"]["iterations"][1]["priced_model"] == "claude-opus-4-6"
 
     totals = test["totals"]
-    assert (totals["input_tokens"], totals["output_tokens"]) == (5994, 92)
+    assert (totals["input_tokens"], totals["output_tokens"]) == (5994, 54)
     assert (totals["iterations_input_tokens"], totals["iterations_output_tokens"]) == (150900, 2560)
     assert totals["cleared_input_tokens"] == 1200
     assert Decimal(str(totals["cost_usd"])) == first + second + third
