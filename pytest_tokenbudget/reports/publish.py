@@ -25,11 +25,13 @@ def publish(
     markdown_path: Path | None = None,
     verbose: bool = False,
     html_path: Path | None = None,
+    width: int | None = None,
 ) -> list[str]:
     """Write the report files asked for (atomically) and the job summary; return the terminal lines.
 
     ``$GITHUB_STEP_SUMMARY``, when set, gets the Markdown appended: GitHub collects the job
-    summary by appending to that file.
+    summary by appending to that file. ``width``: the terminal's, which the lines keep within
+    (see :mod:`._width`; the files are not affected).
     """
     if json_path is not None:
         write_atomic(json_path, json.dumps(report_json(report, gate), indent=2) + "\n")
@@ -42,13 +44,13 @@ def publish(
             handle.write(markdown)
     if html_path is not None:
         write_atomic(html_path, render_html(report, gate=gate))
-    lines = render_text(report, verbose=verbose)
-    lines.extend(render_gate(gate))
-    lines.extend(render_coverage(report.coverage))
-    lines.extend(render_suite(report.suite))
+    lines = render_text(report, verbose=verbose, width=width)
+    lines.extend(render_gate(gate, width))
+    lines.extend(render_coverage(report.coverage, width))
+    lines.extend(render_suite(report.suite, width))
     for path in (json_path, markdown_path, html_path):
         if path is not None:
-            lines.append(f"wrote {path}")
+            lines.append(f"wrote {path}")  # a path the user opens: whole
     while lines and not lines[0]:  # no report table above: start with what there is
         del lines[0]
     return lines
