@@ -22,6 +22,7 @@ from .baseline import load_baseline
 from .budgets import parse_overrides
 from .errors import TokenBudgetError
 from .pricing import Pricer
+from .reports._width import terminal_width
 from .reports.comment import render_comment, summarize
 from .reports.terminal import render_gate
 
@@ -58,7 +59,8 @@ def run_gate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except TokenBudgetError as error:
         print(error.render(), file=sys.stderr)
         return EXIT_USAGE
-    lines = render_gate(verdict.lines)[1:]  # the lines pytest prints under "gate:"
+    width = terminal_width()
+    lines = render_gate(verdict.lines, width)[1:]  # the lines pytest prints under "gate:"
     if not verdict.checked:
         lines.append("gate: no test with API turns in the report")
     failed = len({line.test for line in verdict.lines if line.kind.value == "fail"})

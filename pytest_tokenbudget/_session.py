@@ -305,8 +305,9 @@ class RunSession:
 
     # ------------------------------------------------------------------ the end
 
-    def finish(self) -> None:
-        """Write the baseline (``--token-budget-update``) and the report files; keep the summary lines."""
+    def finish(self, width: int | None = None) -> None:
+        """Write the baseline (``--token-budget-update``) and the report files; keep the summary
+        lines (within ``width``, the terminal's, when given)."""
         settings = self.settings
         if settings.update and settings.baseline_path is not None:
             self._update_lines = self._update_baseline(settings.baseline_path)
@@ -327,6 +328,7 @@ class RunSession:
             verbose=settings.verbose,
             html_path=settings.html_path,
             redact=self.redactor.text,
+            width=width,
         )
 
     def coverage(self) -> Coverage | None:

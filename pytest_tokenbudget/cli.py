@@ -149,7 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dump(report_json(report), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        lines = render_text(report, verbose=args.verbose, lever_details=args.verbose or args.command == "advise")
+        from .reports._width import terminal_width
+
+        lines = render_text(
+            report,
+            verbose=args.verbose,
+            lever_details=args.verbose or args.command == "advise",
+            width=terminal_width(),
+        )
         print("\n".join(lines) if lines else "no Claude API turns found")
     if args.html is not None:
         try:

@@ -310,8 +310,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.workeroutput["tokenbudget"] = config.stash[_SESSION].publish_worker()  # type: ignore[attr-defined]
         return
     run = config.stash[_SESSION]
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
     try:
-        run.finish()
+        # The report's lines fit pytest's terminal writer (which honours COLUMNS).
+        run.finish(width=terminal._tw.fullwidth if terminal is not None else None)
     except TokenBudgetError as error:  # the baseline's lock was not free, or the file became invalid
         pytest.exit(error.render(), returncode=pytest.ExitCode.USAGE_ERROR)
     if run.fails_session and session.exitstatus == pytest.ExitCode.OK:

@@ -159,6 +159,13 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal wide enough for any report line: the tests assert whole lines as they read
+    unwrapped; tests/test_width.py sets its own COLUMNS to test the fitting (issue 15, item 5)."""
+    monkeypatch.setenv("COLUMNS", "400")
+
+
 @pytest.fixture
 def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run without ANTHROPIC_API_KEY or ANTHROPIC_BASE_URL in the environment."""

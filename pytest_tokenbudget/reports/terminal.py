@@ -10,7 +10,8 @@ from typing import Any
 from .._suite import LimitCheck, Metric, SuiteTotals, SuiteVerdict, Threshold, ThresholdCheck, Uncompared
 from ..analysis import Verdict
 from ..ledger import Totals
-from .model import Coverage, GateLine, Report, TestEntry
+from ._width import shorten_middle, wrap
+from .model import Coverage, GateLine, Report, TestEntry, TurnEntry
 
 __all__ = [
     "MAX_NAMED",
@@ -65,19 +66,58 @@ def format_row(name: str, totals: Totals, cost: Decimal | None) -> list[str]:
     ]
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> list[str]:
-    """Columns padded to width: the first ``text_columns`` left-aligned, numbers right-aligned."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+def _layout(header: Sequence[Sequence[str]], rows: Sequence[Sequence[str]], text_columns: int, gap: str) -> list[str]:
+    """Columns padded to width under a header of one or more lines; text left, numbers right."""
+    widths = [max(len(str(r[i])) for r in [*header, *rows]) for i in range(len(header[0]))]
     lines = []
-    for number, row in enumerate([header, *rows]):
+    for number, row in enumerate([*header, *rows]):
         cells = [
             str(c).ljust(w) if i < text_columns else str(c).rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
-        lines.append("  ".join(cells).rstrip())
-        if number == 0:
-            lines.append("  ".join("-" * w for w in widths))
+        lines.append(gap.join(cells).rstrip())
+        if number == len(header) - 1:
+            lines.append(gap.join("-" * w for w in widths))
     return lines
+
+
+_MIN_NAME = 16
+"""The first column is shortened to no fewer characters than this before the table changes shape."""
+
+
+def _table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    text_columns: int = 1,
+    width: int | None = None,
+    lead: int = 1,
+) -> list[str]:
+    """Columns padded to width: the first ``text_columns`` left-aligned, numbers right-aligned.
+
+    Within ``width``: first the first column (a name) is shortened in the middle (when ``lead``
+    is 1); if the table still does not fit, the labels go on two lines and the columns one space
+    apart; then the first ``lead`` cells of each row go on a line of their own above the rest,
+    which is indented. Numbers are never cut.
+    """
+    lines = _layout([header], rows, text_columns, "  ")
+    if width is None or max(map(len, lines)) <= width:
+        return lines
+    two_line = [[c.split(" ", 1)[0] if " " in c else "" for c in header], [c.split(" ", 1)[-1] for c in header]]
+    for labels, gap in (([header], "  "), (two_line, " ")):
+        others = _layout([list(h[1:]) for h in labels], [r[1:] for r in rows], text_columns - 1, gap)
+        room = width - max(map(len, others)) - len(gap)
+        if lead == 1 and room >= _MIN_NAME:
+            short = [[shorten_middle(r[0], room), *r[1:]] for r in rows]
+            return _layout(labels, short, text_columns, gap)
+        if lead > 1 and room >= 0 and max(map(len, _layout(labels, rows, text_columns, gap))) <= width:
+            return _layout(labels, rows, text_columns, gap)
+    # Stacked: the lead cells above the rest of their row (indented under them).
+    numbers = _layout([list(h[lead:]) for h in two_line], [r[lead:] for r in rows], text_columns - lead, " ")
+    stacked = [shorten_middle("  ".join(header[:lead]), width), *("  " + line for line in numbers[:3])]
+    for row, line in zip(rows, numbers[3:], strict=True):
+        stacked.append(shorten_middle("  ".join(row[:lead]), width))
+        stacked.append("  " + line)
+    return stacked
 
 
 _SPARKS = "▁▂▃▄▅▆▇█"
@@ -97,11 +137,19 @@ def sparkline(values: Sequence[int], width: int = SPARK_WIDTH) -> tuple[str, int
     return "".join(_SPARKS[min(last, (value * last + top - 1) // top)] for value in buckets), per
 
 
-def _spark_line(entry: TestEntry) -> str:
+def _spark_line(entry: TestEntry, width: int | None = None) -> list[str]:
+    """The sparkline of a test's input tokens per turn; when it does not fit ``width``, fewer
+    marks (each for several turns) and the range on the next line."""
     values = [item.turn.total_input_tokens for item in entry.turns]
+    label = "  input tokens per turn: "
     marks, per = sparkline(values)
     each = f"; one mark = {per} turns, their max" if per > 1 else ""
-    return f"  input tokens per turn: {marks}  ({_int(min(values))} to {_int(max(values))}{each})"
+    line = f"{label}{marks}  ({_int(min(values))} to {_int(max(values))}{each})"
+    if width is None or len(line) <= width:
+        return [line]
+    marks, per = sparkline(values, max(8, width - len(label)))
+    each = f"; one mark = {per} turns, their max" if per > 1 else ""
+    return [label + marks, *wrap(f"({_int(min(values))} to {_int(max(values))}{each})", width, first="    ")]
 
 
 def source_line(source: Mapping[str, Any]) -> str:
@@ -128,57 +176,126 @@ def _common_dir(ids: Sequence[str]) -> str:
     return first[:end]
 
 
-def render_text(report: Report, *, verbose: bool = False, lever_details: bool | None = None) -> list[str]:
-    """The report as terminal lines (empty when there is nothing to say); ``lever_details``
-    (default: ``verbose``) adds each lever's assumption and change."""
+FOLD_AT = 3
+"""In the ``-v`` turn table, a run of at least this many consecutive turns with the same model,
+endpoint and cache verdict is one row: ``3-48``, ``hit ×46`` and the run's summed numbers."""
+
+
+def _runs(turns: Sequence[TurnEntry]) -> list[list[TurnEntry]]:
+    """Consecutive turns grouped by (model, endpoint, stream, verdict)."""
+    groups: list[list[TurnEntry]] = []
+    for item in turns:
+        key = _fold_key(item)
+        if groups and _fold_key(groups[-1][-1]) == key:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _fold_key(item: TurnEntry) -> tuple[str, str, bool, str]:
+    turn = item.turn
+    return (turn.model, turn.endpoint, turn.stream, str(item.cache.verdict) if item.cache else "")
+
+
+def _turn_rows(entry: TestEntry) -> tuple[list[list[str]], list[str]]:
+    """The turn table's rows (runs folded) and the reasons under it (a folded run's once)."""
+    rows: list[list[str]] = []
+    reasons: list[str] = []
+    for run in _runs(entry.turns):
+        folded = [run] if len(run) >= FOLD_AT else [[item] for item in run]
+        for group in folded:
+            first, last = group[0], group[-1]
+            turn = first.turn
+            verdict = str(first.cache.verdict) if first.cache else ""
+            costs = [item.cost.cost_usd if item.cost else None for item in group]
+            cost = None if any(c is None for c in costs) else sum((c for c in costs if c is not None), Decimal(0))
+            index = str(turn.index) if len(group) == 1 else f"{turn.index}-{last.turn.index}"
+            rows.append(
+                [
+                    index,
+                    turn.model,
+                    turn.endpoint + (" stream" if turn.stream else ""),
+                    verdict if len(group) == 1 or not verdict else f"{verdict} ×{len(group)}",
+                    _int(sum(item.turn.uncached_input_tokens for item in group)),
+                    _int(sum(item.turn.cache_creation_input_tokens for item in group)),
+                    _int(sum(item.turn.cache_read_input_tokens for item in group)),
+                    _int(sum(item.turn.output_tokens for item in group)),
+                    _usd(cost),
+                ]
+            )
+            if first.cache and first.cache.verdict not in (Verdict.HIT, Verdict.NO_CACHE_CONTROL):
+                said = {item.cache.reason for item in group if item.cache}
+                if len(group) > 1 and len(said) == 1:
+                    reasons.append(f"turns {index}: {first.cache.reason}")
+                else:
+                    reasons.extend(f"turn {item.turn.index}: {item.cache.reason}" for item in group if item.cache)
+    return rows, reasons
+
+
+_TURN_HEADER = ("turn", "model", "endpoint", "cache", "input", "cache write", "cache read", "output", "cost USD")
+
+
+def _turn_table(entry: TestEntry, width: int | None) -> list[str]:
+    """The ``-v`` turn table, indented; when too wide, a model or endpoint shared by every turn
+    is said once above it instead of in a column."""
+    rows, reasons = _turn_rows(entry)
+    inner = None if width is None else width - 2
+    lines = _table(_TURN_HEADER, rows, text_columns=4)
+    shared: list[str] = []
+    if inner is not None and max(map(len, lines)) > inner:
+        header, keep = list(_TURN_HEADER), [True] * len(_TURN_HEADER)
+        for column in (1, 2):
+            values = {row[column] for row in rows}
+            if len(values) == 1:
+                shared.append(f"{_TURN_HEADER[column]}: {values.pop()}")
+                keep[column] = False
+        header = [c for c, k in zip(header, keep, strict=True) if k]
+        rows = [[c for c, k in zip(row, keep, strict=True) if k] for row in rows]
+        text_columns = 4 - (len(_TURN_HEADER) - len(header))
+        lines = _table(header, rows, text_columns=text_columns, width=inner, lead=2 if keep[1] else 1)
+    out = ["  " + ", ".join(shared)] if shared else []
+    out.extend("  " + line for line in lines)
+    for reason in reasons:
+        out.extend(wrap(reason, width, first="  ", rest="    "))
+    return out
+
+
+def _heading(entry: TestEntry, width: int | None) -> list[str]:
+    """A ``-v`` section's first line: the test's id and, when it differs, its cassette."""
+    cassette = entry.cassette if entry.cassette and entry.cassette != entry.id else None
+    line = entry.id + (f"  ({cassette})" if cassette else "")
+    if width is None or len(line) <= width:
+        return [line]
+    lines = [shorten_middle(entry.id, width)]
+    if cassette:
+        lines.append(f"  ({shorten_middle(cassette, width - 4)})")
+    return lines
+
+
+def render_text(
+    report: Report, *, verbose: bool = False, lever_details: bool | None = None, width: int | None = None
+) -> list[str]:
+    """The report as terminal lines (empty when there is nothing to say), within ``width``
+    characters when given (see :mod:`._width`); ``lever_details`` (default: ``verbose``) adds each
+    lever's assumption and change."""
     if not report.tests and not report.errors and not report.notes:
         return []
     lines: list[str] = []
     prefix = _common_dir([e.id for e in report.tests])
     if prefix:
-        lines.append(f"in {prefix}")
+        lines.append("in " + (prefix if width is None else shorten_middle(prefix, width - 3)))
     if report.tests:
         rows = [format_row(e.id[len(prefix) :], e.totals, e.cost_usd) for e in report.sorted_tests()]
         if len(report.tests) > 1:
             rows.append(format_row("total", report.totals, report.cost_usd))
-        lines.extend(_table(("test", *_COLUMNS), rows))
+        lines.extend(_table(("test", *_COLUMNS), rows, width=width))
     if verbose:
         for entry in report.sorted_tests():
             lines.append("")
-            lines.append(
-                f"{entry.id}" + (f"  ({entry.cassette})" if entry.cassette and entry.cassette != entry.id else "")
-            )
-            lines.append(_spark_line(entry))
-            turn_rows = []
-            for item in entry.turns:
-                turn = item.turn
-                kind = turn.endpoint + (" stream" if turn.stream else "")
-                turn_rows.append(
-                    [
-                        str(turn.index),
-                        turn.model,
-                        kind,
-                        str(item.cache.verdict) if item.cache else "",
-                        _int(turn.uncached_input_tokens),
-                        _int(turn.cache_creation_input_tokens),
-                        _int(turn.cache_read_input_tokens),
-                        _int(turn.output_tokens),
-                        _usd(item.cost.cost_usd if item.cost else None),
-                    ]
-                )
-            lines.extend(
-                "  " + line
-                for line in _table(
-                    ("turn", "model", "endpoint", "cache", "input", "cache write", "cache read", "output", "cost USD"),
-                    turn_rows,
-                    text_columns=4,
-                )
-            )
-            lines.extend(
-                f"  turn {item.turn.index}: {item.cache.reason}"
-                for item in entry.turns
-                if item.cache and item.cache.verdict not in (Verdict.HIT, Verdict.NO_CACHE_CONTROL)
-            )
+            lines.extend(_heading(entry, width))
+            lines.extend(_spark_line(entry, width))
+            lines.extend(_turn_table(entry, width))
     warnings = [
         (e.id, item) for e in report.sorted_tests() for item in e.turns if item.cache and item.cache.verdict in _WARN
     ]
@@ -187,34 +304,57 @@ def render_text(report: Report, *, verbose: bool = False, lever_details: bool | 
         lines.append("cache:")
         for test_id, item in warnings[:_MAX_WARNINGS]:
             assert item.cache is not None
-            lines.append(f"  {test_id} turn {item.turn.index}: {item.cache.verdict}: {item.cache.reason}")
+            name = test_id if width is None else shorten_middle(test_id, max(_MIN_NAME, width // 2))
+            lines.extend(
+                wrap(f"{name} turn {item.turn.index}: {item.cache.verdict}: {item.cache.reason}", width, first="  ")
+            )
         if len(warnings) > _MAX_WARNINGS:
             lines.append(f"  ... and {len(warnings) - _MAX_WARNINGS} more (-v shows every turn)")
     from .levers_view import render_levers_text
 
-    lines.extend(render_levers_text(report, verbose=verbose if lever_details is None else lever_details))
+    for line in render_levers_text(report, verbose=verbose if lever_details is None else lever_details):
+        indent = line[: len(line) - len(line.lstrip())]
+        lines.extend(wrap(line.lstrip(), width, first=indent) if line.strip() else [line])
     lines.append("")
-    lines.append(source_line(report.price_source))
-    lines.append("hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)")
+    lines.extend(wrap(source_line(report.price_source), width))
+    lines.extend(wrap(_HIT_RATE, width))
     if report.notes:
         lines.append("")
-        lines.append(f"{len(report.notes)} file(s) with no priced turn (not errors):")
-        lines.extend(f"  {note.path}: {note.note}" for note in report.notes)
+        lines.extend(wrap(f"{len(report.notes)} file(s) with no priced turn (not errors):", width))
+        for note in report.notes:
+            lines.extend(wrap(f"{note.path}: {note.note}", width, first="  ", rest="    "))
     if report.errors:
         lines.append("")
         lines.append(f"{len(report.errors)} problem(s):")
         for error in report.errors:
-            lines.extend("  " + line for line in error.reason.splitlines())
+            for line in error.reason.splitlines():
+                # A fix line holds what the user copies: never wrapped nor shortened.
+                fixed = line.lstrip().startswith("fix:")
+                lines.extend(["  " + line] if fixed else wrap(line, width, first="  ", rest="    "))
             if error.path and error.path not in error.reason:
                 lines.append(f"    ({error.path})")
     return lines
 
 
-def render_gate(gate: Sequence[GateLine]) -> list[str]:
-    """The gate's lines under a ``gate:`` heading (nothing when there are none)."""
+_HIT_RATE = "hit rate = cache reads / all input tokens (uncached + cache writes + cache reads)"
+
+
+def _gate_line(line: GateLine, width: int | None) -> list[str]:
+    """One gate line, indented: the test id shortened in the middle when it takes more than
+    half the width, the message wrapped, a command in it whole."""
+    if width is None or len(line.render()) + 2 <= width:
+        return ["  " + line.render()]
+    if line.test is not None:
+        name = shorten_middle(line.test, max(_MIN_NAME, width // 2))
+        line = GateLine(line.kind, line.text, name)
+    return wrap(line.render(), width, first="  ", rest="      ")
+
+
+def render_gate(gate: Sequence[GateLine], width: int | None = None) -> list[str]:
+    """The gate's lines under a ``gate:`` heading (nothing when there are none), within ``width``."""
     if not gate:
         return []
-    return ["", "gate:", *("  " + line.render() for line in gate)]
+    return ["", "gate:", *(part for line in gate for part in _gate_line(line, width))]
 
 
 MAX_NAMED = 3
@@ -237,13 +377,14 @@ def coverage_headline(coverage: Coverage) -> str:
     return line + (f", {coverage.unchecked:,} not checked" if coverage.unchecked else "")
 
 
-def render_coverage(coverage: Coverage | None) -> list[str]:
+def render_coverage(coverage: Coverage | None, width: int | None = None) -> list[str]:
     """The baseline entries checked, and those not checked by reason (nothing when not judged)."""
     if coverage is None:
         return []
-    lines = ["", coverage_headline(coverage) + (":" if coverage.unchecked else "")]
+    lines = ["", *wrap(coverage_headline(coverage) + (":" if coverage.unchecked else ""), width)]
     for group in coverage.not_checked:
-        lines.append(f"  - {len(group.tests):,} {group.reason.description}: {name_some(group.tests)}")
+        text = f"{len(group.tests):,} {group.reason.description}: {name_some(group.tests)}"
+        lines.extend(wrap(text, width, first="  - ", rest="    "))
     return lines
 
 
@@ -362,14 +503,18 @@ def suite_compared_line(verdict: SuiteVerdict) -> str | None:
     return f"against the baseline over the same {_plural(verdict.current.tests, 'test', 'tests')}{left_out}:"
 
 
-def render_suite(verdict: SuiteVerdict | None) -> list[str]:
+def render_suite(verdict: SuiteVerdict | None, width: int | None = None) -> list[str]:
     """The suite budget's verdict: this run against its limits, and against the baseline."""
     if verdict is None:
         return []
-    lines = ["", suite_headline(verdict), f"  {suite_run_line(verdict)}"]
-    lines.extend(f"  - {'ok  ' if c.passed else 'FAIL'} {describe_limit(c, verdict.run)}" for c in verdict.limits)
+    lines = ["", *wrap(suite_headline(verdict), width), *wrap(suite_run_line(verdict), width, first="  ")]
+    for limit in verdict.limits:
+        text = f"{'ok  ' if limit.passed else 'FAIL'} {describe_limit(limit, verdict.run)}"
+        lines.extend(wrap(text, width, first="  - ", rest="         "))
     compared = suite_compared_line(verdict)
     if compared is not None:
-        lines.append(f"  {compared}")
-    lines.extend(f"  - {'ok  ' if c.passed else 'FAIL'} {describe_threshold(c, verdict)}" for c in verdict.thresholds)
+        lines.extend(wrap(compared, width, first="  "))
+    for threshold in verdict.thresholds:
+        text = f"{'ok  ' if threshold.passed else 'FAIL'} {describe_threshold(threshold, verdict)}"
+        lines.extend(wrap(text, width, first="  - ", rest="         "))
     return lines
