@@ -70,7 +70,8 @@ def _write_project(pytester: pytest.Pytester) -> None:
     folder.mkdir(parents=True)
     body = LONG_AGENT.replace("def test_long_audit", "def test_audits_every_invoice_of_the_quarter")
     (folder / "test_quarterly_invoice_audit_agent.py").write_text(body)
-    pytester.makeini("[pytest]\n")
+    # the cheap tier is the model the agent runs on: no lever to advise, the report is what is measured here
+    pytester.makeini("[pytest]\ntoken_budget_cheap_model = claude-sonnet-4-6\n")
 
 
 @pytest.fixture

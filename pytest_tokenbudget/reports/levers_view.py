@@ -99,7 +99,7 @@ def render_levers_text(report: Report, *, verbose: bool = False) -> list[str]:
                 lines.append(f"      why:    {lever.assumption}")
                 lines.append(f"      change: {lever.change}")
                 if lever.turns:
-                    lines.append(f"      turns:  {', '.join(str(t) for t in lever.turns)}")
+                    lines.append(f"      turns:  {_ranges(lever.turns)}")
     for entry in fast:
         assert entry.growth is not None
         lines.append(
@@ -131,3 +131,16 @@ def render_levers_markdown(report: Report) -> list[str]:
             assumption = lever.assumption.replace("|", "\\|")
             out.append(f"| `{entry.id}` | {lever.lever.value} | {_usd(lever.saving_usd)} | {change} | {assumption} |")
     return out
+
+
+def _ranges(turns: Sequence[int]) -> str:
+    """``0-3, 7, 9-12``: turn indexes with consecutive runs as ranges."""
+    parts: list[str] = []
+    ordered = sorted(set(turns))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return ", ".join(parts)
