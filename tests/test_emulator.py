@@ -29,6 +29,13 @@ from hypothesis import strategies as st
 
 from pytest_tokenbudget.emulator import DIAGNOSTICS_BETA, AnthropicEmulator, Clock, Reply
 
+# What only the SDK's 1.x/2.x lines do (0.x sends the key as x-api-key, not a Bearer token, and
+# its messages.create has no diagnostics= argument): these tests check the emulator against them.
+_SDK_1_OR_LATER = pytest.mark.skipif(
+    int(anthropic.__version__.split(".")[0]) < 1,
+    reason=f"anthropic {anthropic.__version__}: a 1.x/2.x SDK behaviour (Bearer auth, diagnostics=)",
+)
+
 MODEL = "claude-sonnet-4-6"  # minimum cacheable prefix 1,024 tokens (Anthropic docs: Prompt caching)
 # The plugin would record or replay this traffic; these tests talk to the emulator directly.
 pytestmark = pytest.mark.token_budget(record=False)
@@ -82,6 +89,7 @@ def client(emu: AnthropicEmulator) -> anthropic.Anthropic:
 # -------------------------------------------------------------------------------- messages
 
 
+@_SDK_1_OR_LATER
 def test_json_message_counts_tokens_and_shapes_the_message(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """A JSON message bills the documented synthetic counts and has the API's shape."""
     emu.script(Reply.text("Hello to you too!"))
@@ -451,6 +459,7 @@ def test_cache_control_on_empty_text_is_a_400(client: anthropic.Anthropic) -> No
     )
 
 
+@_SDK_1_OR_LATER
 def test_missing_api_key_is_a_401(emu: AnthropicEmulator) -> None:
     """A request without credentials gets 401 authentication_error and is not retried."""
     sdk = anthropic.Anthropic(base_url=emu.base_url, api_key="test-key", max_retries=2)
@@ -724,6 +733,7 @@ def test_diagnostics_unavailable_when_only_tool_choice_differs(client: anthropic
     assert other.to_dict()["diagnostics"] == {"cache_miss_reason": {"type": "unavailable"}}
 
 
+@_SDK_1_OR_LATER
 def test_diagnostics_absent_without_beta_header(client: anthropic.Anthropic, emu: AnthropicEmulator) -> None:
     """Plain messages.create with diagnostics= sends no beta header, so the response has no diagnostics key."""
     message = client.messages.create(
