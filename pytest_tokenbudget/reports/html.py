@@ -24,7 +24,7 @@ from .._version import __version__
 from ..analysis import Verdict
 from ..levers import Lever, LeverKind
 from .model import GateKind, GateLine, Report, TestEntry, TurnEntry
-from .terminal import source_line
+from .terminal import _int, _pct, _usd, source_line
 
 __all__ = ["render_html"]
 
@@ -121,20 +121,6 @@ def _csp_hash(source: str) -> str:
 
 def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _int(value: int) -> str:
-    return f"{value:,}"
-
-
-def _usd(value: Decimal | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"${value:,.6f}" if value < 1 else f"${value:,.2f}"
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
 
 
 def _n(value: float) -> str:

@@ -13,6 +13,7 @@ from ..ledger import Ledger
 from ..levers import DEFAULT_CHEAP_MODEL, FAST_GROWTH_FACTOR, AdviceOptions, Lever, advise
 from ..pricing import Pricer
 from .model import Report, TestEntry, build_entry
+from .terminal import _usd
 
 __all__ = [
     "LEVER_ORDER_NOTE",
@@ -27,10 +28,6 @@ LEVER_ORDER_NOTE = (
     "levers applied in order caching -> batch -> model_tier -> context, each saving measured on top of "
     "the ones before it (no double counting)"
 )
-
-
-def _usd(value: Decimal) -> str:
-    return f"${value:,.6f}" if value < 1 else f"${value:,.2f}"
 
 
 def _share(lever: Lever) -> str:
