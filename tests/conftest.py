@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,21 @@ def write_agent_project(pytester: pytest.Pytester, body: str = AGENT_TEST, name:
 def read_json(path: Path) -> Any:
     """Read a JSON file."""
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_pytest(root: Path, env: dict[str, str], *args: str) -> str:
+    """A pytest run of its own (a subprocess in ``root``, for module-scoped fixtures that pytester,
+    function-scoped, cannot serve); it must pass; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,12 @@ Each scenario is a short agent run recorded through the emulator; the report of 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NETWORK_GUARD, read_json
+from conftest import NETWORK_GUARD, read_json, run_pytest
 
 pytestmark = pytest.mark.usefixtures("no_api_key")
 
@@ -115,16 +113,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
 
     def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        return run_pytest(root, env, *args)
 
     assert "8 passed" in run("--token-budget-record=once")
     env["TB_BLOCK_NETWORK"] = "1"
