@@ -566,7 +566,7 @@ def _run(
             continue
         body = dict(request)
         body.setdefault("model", turn.requested_model or turn.model)
-        layout = cache_layout(body, memo, cleared=cleared_tool_uses(_raw_edits(turn)))
+        layout = cache_layout(body, memo, cleared=cleared_tool_uses(turn.applied_edits))
         if layouts is not None:
             layouts[turn.index] = layout
         estimate = estimate_of(turn, layout) if estimate_of is not None else None
@@ -1042,9 +1042,3 @@ def _api_side(turn: Turn, verdict: str, divergence: Divergence | None) -> tuple[
         return kind, None
     ours = divergence.api_level if divergence is not None else None
     return kind, ours == kind
-
-
-def _raw_edits(turn: Turn) -> Any:
-    """The response's ``context_management.applied_edits`` as recorded (``None`` when absent)."""
-    management = turn.context_management
-    return management.get("applied_edits") if isinstance(management, Mapping) else None

@@ -51,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ledger import AppliedEdit
 from .prefix import LEVELS, TTL_SECONDS, Breakpoint, LayoutMemo, PromptLayout, layout_of
 
 __all__ = [
@@ -326,16 +327,13 @@ def _strips_now(body: Mapping[str, Any]) -> bool:
 CLEARED_PLACEHOLDER = "[tool result cleared by context editing]"
 
 
-def cleared_tool_uses(applied_edits: Any) -> int:
+def cleared_tool_uses(applied_edits: Sequence[AppliedEdit]) -> int:
     """Tool uses a response's ``context_management.applied_edits`` says were cleared."""
-    if not isinstance(applied_edits, Sequence) or isinstance(applied_edits, str | bytes):
-        return 0
-    total = 0
-    for edit in applied_edits:
-        if isinstance(edit, Mapping) and str(edit.get("type", "")).startswith("clear_tool_uses"):
-            count = edit.get("cleared_tool_uses")
-            total += count if isinstance(count, int) and count > 0 else 0
-    return total
+    return sum(
+        edit.cleared_tool_uses
+        for edit in applied_edits
+        if edit.kind.startswith("clear_tool_uses") and edit.cleared_tool_uses is not None and edit.cleared_tool_uses > 0
+    )
 
 
 def clear_tool_results(body: Mapping[str, Any], count: int) -> dict[str, Any]:
